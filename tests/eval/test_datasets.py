@@ -1,0 +1,340 @@
+"""Tests for faq_bot.eval.datasets: eval JSONL, RGB passage selection, CLINC150, FAQ queries."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from faq_bot.eval.datasets import (
+    EvalItem,
+    load_clinc,
+    load_eval_jsonl,
+    load_faq_queries,
+    load_rgb,
+    rgb_kind,
+    rgb_lang,
+    select_rgb_passages,
+    to_answer_parts,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = Path(os.environ.get("FAQ_BOT_DATA_DIR", ROOT.parent / "shared" / "data"))
+RGB_DIR = DATA_DIR / "rgb"
+CLINC = DATA_DIR / "clinc150" / "data_full.json"
+
+
+def _data(path: Path) -> Path:
+    """The shared data file, or skip: RGB/CLINC are licensed data kept outside the repo."""
+    if not path.is_file():
+        pytest.skip(f"{path} not found (set FAQ_BOT_DATA_DIR to the shared data folder to run this test)")
+    return path
+
+
+def _rgb_rows(name: str) -> list[dict]:
+    with _data(RGB_DIR / name).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------------------- eval JSONL
+
+
+def test_load_eval_jsonl_reports_bad_lines_and_loads_the_rest(tmp_path):
+    good = {"id": "q1", "question": "退货运费谁承担？", "answers": ["卖家承担", "商家承担"], "refuse": False,
+            "history": [["user", "我想退货"], ["assistant", "好的"]], "contexts": ["卖家承担运费。"], "faq_id": "faq-012"}
+    lines = [
+        json.dumps(good, ensure_ascii=False),
+        "{not json",
+        json.dumps({"id": "q2", "question": "营业时间？", "answers": ["9点"], "refused": True}, ensure_ascii=False),
+        "",
+        json.dumps({"id": "q3", "question": "天气如何？", "answers": [], "refuse": True}, ensure_ascii=False),
+        json.dumps(["a", "list"]),
+        json.dumps({"id": "q1", "question": "again", "answers": ["x"]}),
+        json.dumps({"id": "q4", "question": "无答案"}, ensure_ascii=False),
+        json.dumps({"id": 5, "question": "int id", "answers": ["ok"], "history": [["bot", "hi"]]}),
+        json.dumps({"id": 6, "question": "FAQ only", "faq_id": "faq-1"}),
+    ]
+    path = tmp_path / "sample_eval.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    items, errors = load_eval_jsonl(path)
+
+    assert [i.id for i in items] == ["q1", "q3", "6"]
+    assert [e.split(":")[0] for e in errors] == [
+        "sample_eval.jsonl line 2",
+        "sample_eval.jsonl line 3",
+        "sample_eval.jsonl line 6",
+        "sample_eval.jsonl line 7",
+        "sample_eval.jsonl line 8",
+        "sample_eval.jsonl line 9",
+    ]
+    assert "refused" in errors[1]
+    assert "duplicate" in errors[3] and "line 1" in errors[3]
+    q1 = items[0]
+    assert q1.answer_parts == [["卖家承担", "商家承担"]]  # DESIGN: any one answer counts -> one part
+    assert q1.history == [("user", "我想退货"), ("assistant", "好的")]
+    assert q1.contexts == ["卖家承担运费。"] and q1.faq_id == "faq-012" and q1.refuse is False
+    assert items[1].refuse is True and items[1].answer_parts == [] and items[1].contexts is None
+    assert items[2].faq_id == "faq-1"
+
+
+def test_eval_item_rejects_empty_answer_part():
+    with pytest.raises(ValueError):
+        EvalItem(id="x", question="q", answer_parts=[[]])
+    item = EvalItem(id="x", question="q", answer_parts=[["a", "b"], ["c"]])
+    assert item.answers == ["a", "b", "c"]
+
+
+def test_load_faq_queries_reports_bad_lines(tmp_path):
+    path = tmp_path / "queries.jsonl"
+    path.write_text(
+        '{"question": "how do i reset my pin", "faq_id": "pin_change"}\n'
+        '{"question": "what is the dow at", "faq_id": null}\n'
+        '{"question": "missing faq id"}\n'
+        '{"question": "", "faq_id": "x"}\n'
+        "oops\n",
+        encoding="utf-8",
+    )
+    queries, errors = load_faq_queries(path)
+    assert [(q.question, q.faq_id) for q in queries] == [
+        ("how do i reset my pin", "pin_change"),
+        ("what is the dow at", None),
+    ]
+    assert [e.split(":")[0] for e in errors] == ["queries.jsonl line 3", "queries.jsonl line 4", "queries.jsonl line 5"]
+
+
+# ---------------------------------------------------------------------------- RGB helpers
+
+
+def test_to_answer_parts_nested_lists():
+    assert to_answer_parts("Emmanuel Macron") == [["Emmanuel Macron"]]
+    assert to_answer_parts(["1月3日", "1月12日"]) == [["1月3日"], ["1月12日"]]
+    assert to_answer_parts([["4次", "四次"], "冠军"]) == [["4次", "四次"], ["冠军"]]
+    assert to_answer_parts([["史蒂夫·乔布斯", "乔布斯"]]) == [["史蒂夫·乔布斯", "乔布斯"]]
+
+
+def test_rgb_kind_and_lang_from_name_and_keys():
+    assert rgb_kind("zh_refine.dev.jsonl") == "plain"
+    assert rgb_kind("zh_int.jsonl") == "int"
+    assert rgb_kind("en_fact.jsonl") == "fact"
+    assert rgb_kind("custom.jsonl", {"positive": ["a"], "positive_wrong": ["b"]}) == "fact"
+    assert rgb_kind("custom.jsonl", {"positive": [["a"], ["b"]]}) == "int"
+    assert rgb_kind("custom.jsonl", {"positive": ["a"]}) == "plain"
+    assert rgb_lang("zh_refine.dev.jsonl") == "zh"
+    assert rgb_lang("en_fact.jsonl") == "en"
+    assert rgb_lang("custom.jsonl", {"query": "谁赢了？"}) == "zh"
+
+
+def _synthetic_plain() -> dict:
+    return {"id": 7, "query": "q", "answer": ["a"],
+            "positive": [f"p{i}" for i in range(6)], "negative": [f"n{i}" for i in range(3)]}
+
+
+def test_select_rgb_plain_clamps_like_upstream():
+    inst = _synthetic_plain()
+    # neg_num = ceil(5 * 0.8) = 4 > 3 negatives -> 3 negatives, 2 positives
+    docs, sources = select_rgb_passages(inst, "plain", noise_rate=0.8, passage_num=5)
+    assert sorted(docs) == ["n0", "n1", "n2", "p0", "p1"]
+    assert sources.count("positive") == 2
+    # noise 1: only negatives, as many as exist
+    docs, _ = select_rgb_passages(inst, "plain", noise_rate=1.0, passage_num=5)
+    assert sorted(docs) == ["n0", "n1", "n2"]
+    # passage_num 0: nothing
+    assert select_rgb_passages(inst, "plain", noise_rate=0.4, passage_num=0) == ([], [])
+    # pos_num > len(positive): positives clamped, negatives fill
+    inst2 = {**inst, "positive": ["p0"], "negative": [f"n{i}" for i in range(9)]}
+    docs, _ = select_rgb_passages(inst2, "plain", noise_rate=0.2, passage_num=5)
+    assert sorted(docs) == ["n0", "n1", "n2", "n3", "p0"]
+
+
+def test_select_rgb_does_not_touch_global_random_or_input():
+    inst = {"id": 1, "query": "q", "answer": ["a"], "positive": [["a1", "a2", "a3"], ["b1", "b2"]], "negative": ["n0"]}
+    snapshot = json.dumps(inst)
+    random.seed(42)
+    expected_next = random.random()
+    random.seed(42)
+    select_rgb_passages(inst, "int", noise_rate=0.2, passage_num=5)
+    assert random.random() == expected_next
+    assert json.dumps(inst) == snapshot
+
+
+# ---------------------------------------------------------------------------- RGB on the real files
+
+
+def _upstream_plain(instance: dict, noise_rate: float, passage_num: int) -> list[str]:
+    """Direct transcription of upstream evalue.py (seed reset + processdata, plain branch), global random."""
+    random.seed(2333)
+    neg_num = math.ceil(passage_num * noise_rate)
+    pos_num = passage_num - neg_num
+    if noise_rate == 1:
+        neg_num, pos_num = passage_num, 0
+    elif neg_num > len(instance["negative"]):
+        neg_num = len(instance["negative"])
+        pos_num = passage_num - neg_num
+    elif pos_num > len(instance["positive"]):
+        pos_num = len(instance["positive"])
+        neg_num = passage_num - pos_num
+    docs = instance["positive"][:pos_num] + instance["negative"][:neg_num]
+    random.shuffle(docs)
+    return docs
+
+
+def test_load_rgb_refine_matches_upstream_selection():
+    rows = _rgb_rows("zh_refine.dev.jsonl")
+    raw = rows[0]
+    items = load_rgb(RGB_DIR / "zh_refine.dev.jsonl", noise_rate=0.4, passage_num=5, limit=1)
+    item = items[0]
+    expected = list(raw["positive"][:3]) + list(raw["negative"][:2])
+    random.seed(2333)
+    random.shuffle(expected)
+    assert set(item.contexts) == set(raw["positive"][:3] + raw["negative"][:2])
+    assert item.contexts == expected
+    assert item.meta["rgb_id"] == raw["id"] and item.meta["lang"] == "zh"
+    assert item.meta["noise_rate"] == 0.4 and item.meta["passage_num"] == 5
+    assert item.question == raw["query"] and item.refuse is False
+    assert item.answer_parts == to_answer_parts(raw["answer"])
+
+
+def test_load_rgb_refine_all_items_match_transcription():
+    rows = _rgb_rows("zh_refine.dev.jsonl")
+    for noise_rate in (0.0, 0.2, 0.6, 0.8, 1.0):
+        items = load_rgb(RGB_DIR / "zh_refine.dev.jsonl", noise_rate=noise_rate, passage_num=5)
+        assert len(items) == len(rows) == 200
+        for raw, item in zip(rows, items):
+            assert item.contexts == _upstream_plain(raw, noise_rate, 5)
+            assert item.refuse is (noise_rate == 1)
+
+
+def test_load_rgb_is_reproducible_and_filters_ids():
+    path = _data(RGB_DIR / "zh_refine.dev.jsonl")
+    a = load_rgb(path, noise_rate=0.6, passage_num=5)
+    b = load_rgb(path, noise_rate=0.6, passage_num=5)
+    assert [i.contexts for i in a] == [i.contexts for i in b]
+    some = load_rgb(path, noise_rate=0.6, passage_num=5, ids=lambda i: i % 2 == 0, limit=10)
+    assert len(some) == 10 and all(i.meta["rgb_id"] % 2 == 0 for i in some)
+    by_id = {i.meta["rgb_id"]: i.contexts for i in a}
+    assert all(i.contexts == by_id[i.meta["rgb_id"]] for i in some)  # selection is per item, not per position
+
+
+def test_load_rgb_noise_one_is_refusal_with_only_negatives():
+    rows = _rgb_rows("zh_refine.dev.jsonl")
+    items = load_rgb(RGB_DIR / "zh_refine.dev.jsonl", noise_rate=1.0, passage_num=5, limit=20)
+    for raw, item in zip(rows, items):
+        assert item.refuse is True
+        assert set(item.contexts) <= set(raw["negative"])
+        assert item.meta["passage_sources"] == ["negative"] * len(item.contexts)
+
+
+def test_load_rgb_int_composition():
+    rows = {r["id"]: r for r in _rgb_rows("zh_int.jsonl")}
+    items = load_rgb(RGB_DIR / "zh_int.jsonl", noise_rate=0.4, passage_num=5)
+    assert len(items) == len(rows) == 55
+    for item in items:
+        raw = rows[item.meta["rgb_id"]]
+        groups = raw["positive"]
+        n_pos = max(len(groups), min(3, sum(len(g) for g in groups)))  # first of each group, then round-robin
+        n_neg = max(0, 5 - n_pos)
+        sources = item.meta["passage_sources"]
+        assert item.meta["rgb_kind"] == "int"
+        assert sources.count("positive") == n_pos and sources.count("negative") == n_neg
+        assert len(item.contexts) == max(5, len(groups))  # upstream keeps every group's first passage
+        negs = [d for d, s in zip(item.contexts, sources) if s == "negative"]
+        assert sorted(negs) == sorted(raw["negative"][:n_neg])
+        pos = [d for d, s in zip(item.contexts, sources) if s == "positive"]
+        # every group contributes at least one passage
+        assert all(any(p in g for p in pos) for g in groups)
+        assert item.answer_parts == to_answer_parts(raw["answer"])
+
+
+def test_load_rgb_int_matches_transcription_for_one_item():
+    raw = _rgb_rows("zh_int.jsonl")[0]
+    # transcription of upstream's _int branch with pos_num = 5 - ceil(5 * 0.4) = 3
+    random.seed(2333)
+    groups = [list(g) for g in raw["positive"]]
+    for g in groups:
+        random.shuffle(g)
+    docs = [g[0] for g in groups]
+    i = 1
+    while len(docs) < 3:
+        for g in groups:
+            if len(g) > i:
+                docs.append(g[i])
+                if len(docs) == 3:
+                    break
+        i += 1
+    docs += raw["negative"][: 5 - len(docs)]
+    random.shuffle(docs)
+    item = load_rgb(RGB_DIR / "zh_int.jsonl", noise_rate=0.4, passage_num=5, limit=1)[0]
+    assert item.contexts == docs
+
+
+def test_load_rgb_fact_composition():
+    rows = {r["id"]: r for r in _rgb_rows("zh_fact.jsonl")}
+    items = load_rgb(RGB_DIR / "zh_fact.jsonl", noise_rate=0.4, passage_num=5, correct_rate=0.2)
+    assert len(items) == 100
+    for item in items:
+        raw = rows[item.meta["rgb_id"]]
+        sources = item.meta["passage_sources"]
+        n_idx = len(raw["positive"])
+        n_wrong = min(n_idx, 5 - 2 - 1)
+        n_correct = min(n_idx - n_wrong, 1)
+        n_neg = min(len(raw["negative"]), 2)
+        assert sources.count("positive_wrong") == n_wrong
+        assert sources.count("positive") == n_correct
+        assert sources.count("negative") == n_neg
+        assert len(item.contexts) == n_wrong + n_correct + n_neg
+        wrong = [d for d, s in zip(item.contexts, sources) if s == "positive_wrong"]
+        correct = [d for d, s in zip(item.contexts, sources) if s == "positive"]
+        assert set(wrong) <= set(raw["positive_wrong"]) and set(correct) <= set(raw["positive"])
+        # the correct passages come from other indices than the wrong ones
+        wrong_idx = {raw["positive_wrong"].index(d) for d in wrong}
+        assert all(raw["positive"].index(d) not in wrong_idx for d in correct)
+    full = [i for i in items if len(rows[i.meta["rgb_id"]]["positive"]) >= 3 and len(rows[i.meta["rgb_id"]]["negative"]) >= 2]
+    assert full and all(len(i.contexts) == 5 for i in full)
+
+
+def test_load_rgb_fact_matches_transcription_for_one_item():
+    raw = _rgb_rows("en_fact.jsonl")[0]
+    random.seed(2333)
+    indexs = list(range(len(raw["positive"])))
+    selected = random.sample(indexs, min(len(indexs), 5 - 2 - 1))
+    docs = [raw["positive_wrong"][i] for i in selected]
+    remain = [i for i in indexs if i not in selected]
+    if remain:
+        docs += [raw["positive"][i] for i in random.sample(remain, min(len(remain), 1))]
+    docs += raw["negative"][:2]
+    random.shuffle(docs)
+    item = load_rgb(RGB_DIR / "en_fact.jsonl", noise_rate=0.4, passage_num=5, correct_rate=0.2, limit=1)[0]
+    assert item.contexts == docs
+    assert item.meta["lang"] == "en" and item.meta["correct_rate"] == 0.2
+
+
+def test_load_rgb_rejects_impossible_fact_rates():
+    path = _data(RGB_DIR / "zh_fact.jsonl")
+    with pytest.raises(ValueError, match="correct_rate"):
+        load_rgb(path, noise_rate=0.6, passage_num=5, correct_rate=0.6)
+    with pytest.raises(ValueError, match="noise_rate"):
+        load_rgb(path, noise_rate=1.5)
+
+
+# ---------------------------------------------------------------------------- CLINC150
+
+
+def test_load_clinc_counts():
+    faqs, queries = load_clinc(_data(CLINC))
+    assert len(faqs) == 150
+    assert len({f.id for f in faqs}) == 150
+    assert all(len(f.similar_questions) == 100 for f in faqs)
+    assert len(queries) == 5500
+    assert sum(q.faq_id is not None for q in queries) == 4500
+    assert sum(q.faq_id is None for q in queries) == 1000
+    pin = next(f for f in faqs if f.id == "pin_change")
+    assert pin.question == "pin change" and pin.answer == "[pin_change]" and pin.category == "pin_change"
+    assert {q.faq_id for q in queries if q.faq_id} == {f.id for f in faqs}
+
+    _, val = load_clinc(CLINC, split="val")
+    assert len(val) == 3000 + 100
