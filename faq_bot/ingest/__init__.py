@@ -1,0 +1,8 @@
+"""Ingestion: read FAQ tables and documents from uploads, and cut documents into heading-aware chunks."""
+
+from faq_bot.ingest.chunking import chunk_blocks
+from faq_bot.ingest.errors import IngestError
+from faq_bot.ingest.readers import DOC_KINDS, FAQ_KINDS, Block, read_document, read_faqs, sniff_kind
+
+__all__ = ["Block", "DOC_KINDS", "FAQ_KINDS", "IngestError", "chunk_blocks", "read_document", "read_faqs",
+           "sniff_kind"]
