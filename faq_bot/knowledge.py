@@ -103,12 +103,11 @@ class KnowledgeBase:
             doc = Doc(id=doc_id, source=source, sha256=sha, type=kind, created=time.time())
             if kind in FAQ_KINDS:
                 faqs = read_faqs(data, source, self.cfg.ingest)
-                qvecs = self.faq_encoder.encode_passages([q for f in faqs for q in f.all_questions()],
-                                                         self.cfg.embed.batch_size)
+                qvecs = self._encode("faq", [q for f in faqs for q in f.all_questions()])
                 try:
                     self.store.replace_document(doc, faqs=faqs, faq_vectors={self.faq_encoder.name: qvecs})
                 except ValueError as e:
-                    raise IngestError(str(e)) from None
+                    raise IngestError(source, str(e)) from None
                 n = len(faqs)
             else:
                 blocks = read_document(data, source, self.cfg.ingest)
@@ -116,8 +115,8 @@ class KnowledgeBase:
                 chunks = chunk_blocks(blocks, doc_id=doc_id, source=source, count_tokens=enc.count_tokens,
                                       chunk_tokens=self.cfg.ingest.chunk_tokens, overlap=self.cfg.ingest.chunk_overlap)
                 if not chunks:
-                    raise IngestError(f"{source}: no text could be extracted; is it a scanned image?")
-                vecs = enc.encode_passages([c.embed_text() for c in chunks], self.cfg.embed.batch_size)
+                    raise IngestError(source, "no text could be extracted; is it a scanned image?")
+                vecs = self._encode("chunk", [c.embed_text() for c in chunks])
                 self.store.replace_document(doc, chunks=chunks, vectors={enc.name: vecs})
                 n = len(chunks)
         except IngestError as e:
@@ -155,7 +154,7 @@ class KnowledgeBase:
         return ok
 
     def upsert_faq(self, faq: Faq) -> None:
-        vecs = self.faq_encoder.encode_passages(faq.all_questions())
+        vecs = self._encode("faq", faq.all_questions())
         self.store.upsert_faq(faq, {self.faq_encoder.name: vecs})
         self.sync()
 
@@ -220,6 +219,14 @@ class KnowledgeBase:
     def _encoder(self, space: str) -> Encoder:
         return self.faq_encoder if space == "faq" else self.doc_encoder
 
+    def _encode(self, space: str, texts: list[str]):
+        """FAQ questions are matched question-to-question (symmetric: query side, measured better for e5);
+        chunks are passages."""
+        enc = self._encoder(space)
+        if space == "faq":
+            return enc.encode_queries(texts, self.cfg.embed.batch_size)
+        return enc.encode_passages(texts, self.cfg.embed.batch_size)
+
     def _faiss_kwargs(self, space: str) -> dict:
         r = self.cfg.retrieve
         if space == "faq":  # FAQ questions: exact search, tens of thousands at most per company
@@ -242,7 +249,7 @@ class KnowledgeBase:
             logger.info("Embedding %d %s texts for %s", len(missing), space, enc.name)
             ids = [i for i, _ in missing]
             texts = [t for _, t in missing]
-            vecs = enc.encode_passages(texts, self.cfg.embed.batch_size)
+            vecs = self._encode(space, texts)
             self.store.put_vectors(space, enc.name, ids, vecs)
             gen = self.store.generation()
         ids, mat = self.store.vectors(space, enc.name)

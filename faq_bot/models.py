@@ -70,14 +70,16 @@ class Encoder(ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens the encoder sees for `text` (used to size chunks)."""
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return _normalize(self._encode(list(texts), True))
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self._batched(list(texts), True, batch_size)
 
     def encode_passages(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        texts = list(texts)
+        return self._batched(list(texts), False, batch_size)
+
+    def _batched(self, texts: list[str], is_query: bool, batch_size: int) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [self._encode(texts[i:i + batch_size], False) for i in range(0, len(texts), batch_size)]
+        parts = [self._encode(texts[i:i + batch_size], is_query) for i in range(0, len(texts), batch_size)]
         return _normalize(np.concatenate(parts))
 
     def encode_query(self, text: str) -> np.ndarray:

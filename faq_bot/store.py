@@ -157,7 +157,7 @@ class Store:
                     (faq.id,)).fetchone()
                 if row and row["doc_id"] != doc.id:
                     raise ValueError(
-                        f"{doc.source}: FAQ id `{faq.id}` already exists in {row['source'] or 'the store'}; "
+                        f"FAQ id `{faq.id}` already exists in {row['source'] or 'the store'}; "
                         "use a different id or delete the other entry first.")
             con.execute("DELETE FROM documents WHERE id=?", (doc.id,))
             con.execute(

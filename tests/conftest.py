@@ -74,3 +74,24 @@ def tiny_lm_dir(tmp_path_factory, generator_dir) -> str:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+def make_config(tmp_path, **overrides):
+    """A config whose store and indexes live under `tmp_path`."""
+    from faq_bot.config import load_config
+
+    base = {"store.path": str(tmp_path / "kb.db"), "store.index_dir": str(tmp_path / "index"),
+            "generate.adapters_dir": str(tmp_path / "runs"), "eval.runs_dir": str(tmp_path / "runs" / "eval")}
+    return load_config(overrides={**base, **overrides}, environ={})
+
+
+@pytest.fixture(scope="session")
+def sample_kb_cfg(tmp_path_factory, faq_encoder, doc_encoder):
+    """The shipped sample knowledge base, ingested once per session into a temp store."""
+    from faq_bot.knowledge import KnowledgeBase
+
+    cfg = make_config(tmp_path_factory.mktemp("sample-kb"))
+    results = KnowledgeBase(cfg).ingest_paths([ROOT / "knowledge" / "faq", ROOT / "knowledge" / "docs"])
+    errors = [r.error for r in results if r.status == "error"]
+    assert not errors, errors
+    return cfg

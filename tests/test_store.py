@@ -42,7 +42,7 @@ def test_store_duplicate_faq_id_across_files_is_refused_and_nothing_changes(tmp_
     s = Store(tmp_path / "kb.db")
     s.replace_document(_doc("a"), faqs=[Faq(id="f1", question="q", answer="a")])
     g = s.generation()
-    with pytest.raises(ValueError, match=r"b.md: FAQ id `f1` already exists in a.md"):
+    with pytest.raises(ValueError, match=r"FAQ id `f1` already exists in a.md"):
         s.replace_document(_doc("b"), faqs=[Faq(id="f1", question="q", answer="a")])
     assert s.generation() == g and [d.id for d in s.list_documents()] == ["a"]
 
