@@ -94,7 +94,7 @@ class KnowledgeBase:
         t0 = time.perf_counter()
         source = _safe_name(name)
         try:
-            kind = sniff_kind(data, source)
+            kind = sniff_kind(data, source, self.cfg.ingest)
             sha = hashlib.sha256(data).hexdigest()
             doc_id = doc_id_for(source)
             old = self.store.get_document(doc_id)

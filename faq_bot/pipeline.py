@@ -16,7 +16,7 @@ from typing import Iterator
 
 from .config import AppConfig
 from .faq import FaqMatcher, FaqResult, normalize_question
-from .generate import Generator, load_generator
+from .generate import Generator, GeneratorBusy, load_generator
 from .generate.prompts import detect_language
 from .knowledge import KnowledgeBase
 from .rerank import Reranker, build_reranker
@@ -107,6 +107,11 @@ class Pipeline:
 
         # FAQ
         res: FaqResult = self.faq.match(query)
+        if query.rewritten and query.rewritten != query.text:
+            # a question that stands on its own must not be pulled toward the previous topic by the rewrite
+            own = self.faq.match(query.model_copy(update={"rewritten": None}))
+            if own.best and (res.best is None or own.best.score >= res.best.score):
+                res = own
         trace.add("faq", res.ms, decision=res.decision, exact=res.exact,
                   answer_threshold=self.cfg.faq.answer_threshold, suggest_threshold=self.cfg.faq.suggest_threshold,
                   candidates=[_faq_row(m) for m in res.matches[:10]])
@@ -141,7 +146,7 @@ class Pipeline:
             return
         try:
             gen = yield from self._generate(query, kept, adapter, lang, trace, done, suggestions)
-        except Busy:
+        except (Busy, GeneratorBusy):
             trace.add("generate", 0.0, skipped="queue full")
             yield done(self.busy_text(lang), "error", suggestions=suggestions, model="none")
             return
@@ -161,12 +166,15 @@ class Pipeline:
         try:
             with self._gen_slots:
                 final: Generation | None = None
+                raw, last = "", ""
                 for piece in self.generator.stream(query.standalone, hits, adapter=adapter, lang=lang):
                     if isinstance(piece, Generation):
                         final = piece
                     else:
-                        partial = _partial_answer(piece)
-                        if partial:
+                        raw += piece
+                        partial = _partial_answer(raw)
+                        if partial and partial != last:
+                            last = partial
                             yield done(partial, "rag", suggestions=suggestions, model=adapter or "base")
                 assert final is not None, "generator stream ended without a Generation"
                 return final

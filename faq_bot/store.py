@@ -320,6 +320,10 @@ class Store:
                 (time.time(), trace_id, question, answer, rating, correction, kind, model,
                  json.dumps(trace or {}, ensure_ascii=False))).lastrowid
 
+    def update_feedback(self, feedback_id: int, *, correction: str) -> bool:
+        with self.tx() as con:
+            return bool(con.execute("UPDATE feedback SET correction=? WHERE id=?", (correction, feedback_id)).rowcount)
+
     def feedback(self, rating: int | None = None, limit: int = 1000) -> list[dict]:
         q, args = "SELECT * FROM feedback", []
         if rating is not None:
