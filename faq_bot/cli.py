@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .config import AppConfig, load_config
+from .eval.cli import add_eval_parser, run_eval
 
 logger = logging.getLogger("faq_bot")
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     _common(p)
+    add_eval_parser(sub)
     return parser
 
 
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose or args.cmd == "serve":
         logger.info("Resolved config:\n%s", json.dumps(cfg.dump(), ensure_ascii=False, indent=1, default=str))
     return globals()[f"_cmd_{args.cmd}"](cfg, args)
+
+
+_cmd_eval = run_eval
 
 
 def _cmd_ingest(cfg: AppConfig, args) -> int:

@@ -26,11 +26,7 @@ from .schema import Answer, Citation, FaqMatch, Generation, Hit, Query, Trace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "Busy"]
-
-
-class Busy(RuntimeError):
-    """The generation queue is full."""
+__all__ = ["Pipeline"]
 
 
 class Pipeline:
@@ -44,9 +40,6 @@ class Pipeline:
         self.retriever = Retriever(cfg.retrieve, self.kb)
         self.reranker: Reranker = build_reranker(cfg.rerank, doc_model=cfg.embed.doc_model, generator=self.generator)
         self.rewriter = Rewriter(cfg.rewrite, self.generator)
-        self._gen_slots = threading.BoundedSemaphore(cfg.generate.max_concurrent)
-        self._waiting = 0
-        self._waiting_lock = threading.Lock()
         self._gen_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -146,7 +139,7 @@ class Pipeline:
             return
         try:
             gen = yield from self._generate(query, kept, adapter, lang, trace, done, suggestions)
-        except (Busy, GeneratorBusy):
+        except GeneratorBusy:  # the generator's bounded queue is full (generate.max_queue)
             trace.add("generate", 0.0, skipped="queue full")
             yield done(self.busy_text(lang), "error", suggestions=suggestions, model="none")
             return
@@ -159,28 +152,20 @@ class Pipeline:
         yield done(gen.answer, "rag", citations=_citations(gen, kept), suggestions=suggestions, model=gen.model)
 
     def _generate(self, query: Query, hits: list[Hit], adapter, lang, trace, done, suggestions):
-        with self._waiting_lock:
-            if self._waiting >= self.cfg.generate.max_queue + self.cfg.generate.max_concurrent:
-                raise Busy()
-            self._waiting += 1
-        try:
-            with self._gen_slots:
-                final: Generation | None = None
-                raw, last = "", ""
-                for piece in self.generator.stream(query.standalone, hits, adapter=adapter, lang=lang):
-                    if isinstance(piece, Generation):
-                        final = piece
-                    else:
-                        raw += piece
-                        partial = _partial_answer(raw)
-                        if partial and partial != last:
-                            last = partial
-                            yield done(partial, "rag", suggestions=suggestions, model=adapter or "base")
-                assert final is not None, "generator stream ended without a Generation"
-                return final
-        finally:
-            with self._waiting_lock:
-                self._waiting -= 1
+        """Stream partial answers (the JSON `answer` field as it grows); return the final Generation."""
+        final: Generation | None = None
+        raw, last = "", ""
+        for piece in self.generator.stream(query.standalone, hits, adapter=adapter, lang=lang):
+            if isinstance(piece, Generation):
+                final = piece
+            else:
+                raw += piece
+                partial = _partial_answer(raw)
+                if partial and partial != last:
+                    last = partial
+                    yield done(partial, "rag", suggestions=suggestions, model=adapter or "base")
+        assert final is not None, "generator stream ended without a Generation"
+        return final
 
     # ------------------------------------------------------------------ texts
     def _lang(self, text: str) -> str:

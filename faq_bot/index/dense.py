@@ -205,6 +205,17 @@ class FaissIndex:
             ids = self._slot_ids[: self._n]
             return ids[ids >= 0].copy()
 
+    def vectors(self, ids: Any) -> np.ndarray:
+        """Stored (normalized) vectors for `ids`, in order; a missing id gives a zero row."""
+        ids = self._check_ids(ids, "ids")
+        out = np.zeros((len(ids), self._dim), dtype=np.float32)
+        with self._lock:
+            for r, i in enumerate(ids.tolist()):
+                s = self._slot_of.get(i)
+                if s is not None:
+                    out[r] = self._vecs[s]
+        return out
+
     def stats(self) -> dict[str, Any]:
         """Kind, counts and an estimate of memory use (raw store + FAISS structures), in bytes."""
         with self._lock:
