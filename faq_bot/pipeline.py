@@ -38,7 +38,8 @@ class Pipeline:
         self.generator = generator if generator is not None else load_generator(cfg.generate)
         self.faq = FaqMatcher(cfg.faq, self.kb)
         self.retriever = Retriever(cfg.retrieve, self.kb)
-        self.reranker: Reranker = build_reranker(cfg.rerank, doc_model=cfg.embed.doc_model, generator=self.generator)
+        self.reranker: Reranker = build_reranker(cfg.rerank, doc_model=cfg.embed.doc_model, generator=self.generator,
+                                                 kb=self.kb)
         self.rewriter = Rewriter(cfg.rewrite, self.generator)
         self._gen_thread: threading.Thread | None = None
 

@@ -90,9 +90,10 @@ class EncoderReranker(Reranker):
 
     backend = "encoder"
 
-    def __init__(self, cfg: RerankConfig, default_model: str):
+    def __init__(self, cfg: RerankConfig, default_model: str, kb=None):
         super().__init__(cfg)
         self.model_name = cfg.model or default_model
+        self.kb = kb
         self._enc = None
 
     def _load(self):
@@ -101,9 +102,23 @@ class EncoderReranker(Reranker):
     def _scores(self, query, hits, lang):
         if self._enc is None:
             self._load()
-        q = self._enc.encode_query(query)
-        p = self._enc.encode_passages([h.chunk.embed_text() for h in hits], self.cfg.batch_size)
+        q = self._enc.encode_query(query)  # cached when the retriever embedded the same text
+        p = self._stored(hits)
+        todo = [i for i, row in enumerate(p) if not row.any()]
+        if todo:  # candidates without a stored vector of this model (e.g. BM25-only hits, another encoder)
+            p[todo] = self._enc.encode_passages([hits[i].chunk.embed_text() for i in todo], self.cfg.batch_size)
         return p @ q
+
+    def _stored(self, hits: list[Hit]) -> np.ndarray:
+        """Passage vectors already in the chunk index when it was built with this encoder: no re-encoding."""
+        p = np.zeros((len(hits), self._enc.dim), dtype=np.float32)
+        if self.kb is None or self.kb.doc_encoder.name != self._enc.name:
+            return p
+        dense = self.kb.chunk_index().dense
+        vids = [h.chunk.meta.get("vid", -1) for h in hits]
+        if dense is not None and all(v >= 0 for v in vids):
+            p[:] = dense.vectors(vids)
+        return p
 
 
 class CrossEncoderReranker(Reranker):
@@ -147,9 +162,9 @@ class LlmReranker(Reranker):
         return np.asarray(self.generator.score_yes_no(query, [h.chunk.embed_text() for h in hits], lang=lang or "zh"))
 
 
-def build_reranker(cfg: RerankConfig, *, doc_model: str, generator=None) -> Reranker:
+def build_reranker(cfg: RerankConfig, *, doc_model: str, generator=None, kb=None) -> Reranker:
     if cfg.backend == "encoder":
-        return EncoderReranker(cfg, doc_model)
+        return EncoderReranker(cfg, doc_model, kb)
     if cfg.backend == "cross_encoder":
         return CrossEncoderReranker(cfg)
     if cfg.backend == "llm":

@@ -412,7 +412,7 @@ def _retrieval(cfg, args, run_dir, *, pipeline, progress, bar):
             from faq_bot.generate import load_generator
 
             generator = load_generator(cfg.generate)
-        reranker = build_reranker(keep_all, doc_model=rcfg.embed.doc_model, generator=generator)
+        reranker = build_reranker(keep_all, doc_model=rcfg.embed.doc_model, generator=generator, kb=kb)
         reranker.warm_up()
         if reranker.error:
             errors.append(f"reranker failed to load ({reranker.error}); hybrid+rerank = hybrid order")

@@ -26,7 +26,7 @@ import json_repair
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ParsedAnswer", "is_refusal_text", "parse_answer"]
+__all__ = ["ParsedAnswer", "is_refusal_text", "parse_answer", "support"]
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)(?:```|$)", re.DOTALL)
 _TRUE = {"true", "yes", "y", "1", "是", "有", "对", "真"}
@@ -207,6 +207,7 @@ _STOP_EN = {
     "s", "t", "also", "please", "within", "up", "into", "about",
 }
 _NUM = re.compile(r"\d+(?:[.,]\d+)*")
+_CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -227,17 +228,35 @@ def _stem(word: str) -> str:
     return word
 
 
-_CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_ZH_DIGITS = {"零": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+# Chinese numerals only where a counter follows, so words like 一般 or 统一 are left alone.
+_ZH_NUM = re.compile(r"([零一二两三四五六七八九十]{1,3})(?=[天个年月日周次元倍件台张份位]|小时|分钟|工作日)")
+
+
+def _zh_numeral(text: str) -> str:
+    """"七天" -> "7天", "十五天" -> "15天", "二十四小时" -> "24小时" (1-99 before a counter)."""
+
+    def value(m: re.Match) -> str:
+        s = m.group(1)
+        if "十" not in s:
+            return str(_ZH_DIGITS[s]) if len(s) == 1 else m.group(0)
+        tens, _, ones = s.partition("十")
+        if (tens and tens not in _ZH_DIGITS) or (ones and ones not in _ZH_DIGITS):
+            return m.group(0)
+        return str((_ZH_DIGITS[tens] if tens else 1) * 10 + (_ZH_DIGITS[ones] if ones else 0))
+
+    return _ZH_NUM.sub(value, text)
 
 
 def support(answer: str, passages: list[str]) -> tuple[float, list[str]]:
     """How much of `answer` is found in `passages`: (share of its content units present, numbers absent).
 
     A cheap grounding check for small models, which often judge "true" and then answer from their own
-    weights: a number in the answer that no passage contains, or an answer made of words no passage uses,
-    is not an answer from the knowledge base.
+    weights: a number in the answer that no passage contains (Chinese numerals before a counter count as
+    numbers), or an answer made of words no passage uses, is not an answer from the knowledge base.
     """
-    ctx = " ".join(passages)
+    ctx = _zh_numeral(" ".join(passages))
+    answer = _zh_numeral(answer)
     ctx_nums = {n.replace(",", "") for n in _NUM.findall(ctx)}
     missing = sorted({n for n in _NUM.findall(answer) if n.replace(",", "") not in ctx_nums})
     units = _content_units(answer)

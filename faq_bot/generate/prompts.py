@@ -33,7 +33,7 @@ PROMPTS_DIR = ROOT / "configs" / "prompts"
 # it is the first text of `format_answer_json`, so training targets agree with it token for token.
 ANSWER_PREFIX = '{"answer_in_context":'
 
-# CJK ideographs (+ extension A, compatibility) and CJK punctuation / fullwidth forms.
+# CJK unified ideographs, extension A and compatibility ideographs.
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 # Chat-template control tokens (<|im_start|>, <|endoftext|>, ...) written inside user data.
@@ -43,8 +43,8 @@ _TRUNC_MARK = "…"
 _MIN_TRUNC_TOKENS = 24  # a truncated passage shorter than this is more noise than evidence
 
 _LABELS = {
-    "zh": {"question": "问题", "history": "对话历史", "last": "最后的问题", "user": "用户", "assistant": "客服"},
-    "en": {"question": "Question", "history": "Conversation", "last": "Last question", "user": "User",
+    "zh": {"question": "问题", "history": "对话历史", "last": "需要改写的问题", "user": "用户", "assistant": "客服"},
+    "en": {"question": "Question", "history": "Conversation", "last": "Question to rewrite", "user": "User",
            "assistant": "Assistant"},
 }
 
