@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None)
     _common(p)
     add_eval_parser(sub)
+    from training.cli import add_train_parser  # train: data | sft | kto | merge | list (no torch import here)
+
+    add_train_parser(sub)
     return parser
 
 
@@ -153,3 +156,9 @@ def _cmd_serve(cfg: AppConfig, args) -> int:
 
     serve(cfg, host=args.host, port=args.port)
     return 0
+
+
+def _cmd_train(cfg: AppConfig, args) -> int:
+    from training.cli import run_train
+
+    return run_train(cfg, args)
