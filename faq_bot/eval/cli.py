@@ -65,7 +65,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="eval JSONL scored against the FAQs in the configured store "
                                                 "(used when neither --kb nor --clinc is given; default: the sample set)")
     p.add_argument("--calibrate", action="store_true", help="write the chosen thresholds into --write-config")
-    p.add_argument("--objective", choices=("max_accuracy", "in_scope_precision"), default="max_accuracy")
+    p.add_argument("--objective", choices=("max_accuracy", "balanced", "in_scope_precision"), default="max_accuracy",
+                   help="balanced: max mean of in-scope accuracy and out-of-scope recall (robust to their mix)")
     p.add_argument("--target", type=float, default=0.97, help="in-scope precision target (objective in_scope_precision)")
     p.add_argument("--suggest-target", type=float, default=0.9,
                    help="top-3 precision that the suggestion threshold must reach")
@@ -355,7 +356,7 @@ def _faq_kb(cfg: AppConfig, faqs, source: str, *, bar: bool, progress):
     parts = []
     try:
         for i in range(0, len(questions), batch):
-            parts.append(enc.encode_passages(questions[i:i + batch], batch))
+            parts.append(enc.encode_queries(questions[i:i + batch], batch))  # query side, as KnowledgeBase
             prog.update(len(questions[i:i + batch]))
     finally:
         prog.close()

@@ -1,0 +1,494 @@
+"""Trained part of the FAQ stage: per-FAQ scoring from several signals, heads fitted on the FAQ's own question
+groups, the held-out check with fall-back, and persistence keyed by the knowledge-base generation.
+
+Signals, per FAQ (never per question):
+  dense   cosine of the query to the FAQ's questions, aggregated (max / top-2 mean), averaged over encoders
+          (vectors of several encoders are concatenated, each L2-normalized and divided by sqrt(#encoders),
+          so one dot product is the mean of the per-encoder cosines)
+  bm25    BM25 of the query over the FAQ's questions (jieba for Chinese), max per FAQ, divided by the query's
+          best FAQ (0..1)
+  head    `logreg`: multinomial logistic regression over the frozen embeddings, one row per FAQ,
+          initialised at the FAQ centroids; its logit / scale is cosine-like.
+          `adapter`: a linear map of the embedding space trained contrastively on pairs of questions of the
+          same FAQ (in-batch negatives, as llama-index's linear adapter), then the dense signal in that space.
+
+untrained score u = dense + w_bm25 * bm25; trained score r = a * head + (1 - a) * u. `w_bm25` and `a` are
+chosen on held-out similar questions of the FAQ itself (one per FAQ with >= 2 similar questions); the same
+held-out questions decide whether the trained head is kept at all: it must not be worse than the untrained
+matcher, otherwise the stage falls back to `u` (the check is written to faq_head_<kind>.json beside the model).
+Training is numpy (Adam, minibatches): seconds on CPU for 15k questions, warm-started from the previous model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HEAD_KINDS", "Bank", "HeadModel", "Scorer", "fit_matcher", "holdout_mask", "load_model", "save_model",
+           "model_files", "model_fingerprint", "update_meta"]
+
+HeadKind = Literal["none", "logreg", "adapter"]
+HEAD_KINDS: tuple[str, ...] = ("none", "logreg", "adapter")
+FORMAT_VERSION = 1
+BM25_WEIGHTS = (0.0, 0.1, 0.2, 0.3)
+HEAD_WEIGHTS = (0.5, 0.75, 1.0)
+SCALE = 20.0  # logit scale (inverse temperature) of the logreg head and the adapter's contrastive loss
+
+
+# ---------------------------------------------------------------------------- the FAQ as matrices
+
+
+@dataclass
+class Bank:
+    """Every question of every enabled FAQ, grouped by FAQ (rows of one FAQ are contiguous)."""
+
+    faq_ids: list[str]
+    labels: np.ndarray  # (n,) int: FAQ index of each row
+    vectors: np.ndarray  # (n, D) float32: concatenated per-encoder vectors / sqrt(#encoders)
+    texts: list[str]
+    qids: np.ndarray  # (n,) int64: store ids of the questions
+    standard: np.ndarray  # (n,) bool: the FAQ's standard question
+    starts: np.ndarray = field(init=False)  # (C,) first row of each FAQ
+    counts: np.ndarray = field(init=False)  # (C,) rows per FAQ
+
+    def __post_init__(self) -> None:
+        n_classes = len(self.faq_ids)
+        self.counts = np.bincount(self.labels, minlength=n_classes).astype(np.int64)
+        if len(self.labels) and (np.any(np.diff(self.labels) < 0) or np.any(self.counts == 0)):
+            raise ValueError("`Bank` rows must be grouped by FAQ, every FAQ with at least one question.")
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.faq_ids)
+
+    def subset(self, keep: np.ndarray) -> "Bank":
+        """The rows where `keep` is True (every FAQ must keep at least one row)."""
+        return Bank(self.faq_ids, self.labels[keep], self.vectors[keep], [t for t, k in zip(self.texts, keep) if k],
+                    self.qids[keep], self.standard[keep])
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha1()
+        for i, f in enumerate(self.faq_ids):
+            h.update(f.encode("utf-8") + b"\x00")
+            for t in self.texts[self.starts[i]:self.starts[i] + self.counts[i]]:
+                h.update(t.encode("utf-8") + b"\x01")
+        return h.hexdigest()
+
+    def aggregate(self, sims: np.ndarray, how: str = "max") -> np.ndarray:
+        """(m, n) question scores -> (m, C) FAQ scores: max, or the mean of the two best (one question: itself)."""
+        return aggregate(sims, self.starts, self.counts, how)
+
+
+def aggregate(sims: np.ndarray, starts: np.ndarray, counts: np.ndarray, how: str = "max") -> np.ndarray:
+    """Per-group max (or top-2 mean) of the columns of `sims`, groups contiguous (`starts`, `counts`)."""
+    first = np.maximum.reduceat(sims, starts, axis=1)
+    if how == "max":
+        return first
+    rep = np.repeat(first, counts, axis=1)
+    is_max = sims >= rep
+    n_max = np.add.reduceat(is_max, starts, axis=1)
+    second = np.maximum.reduceat(np.where(is_max, -np.inf, sims), starts, axis=1)
+    second = np.where((n_max >= 2) | (counts[None, :] == 1), first, second)
+    return (first + second) / 2
+
+
+def holdout_mask(bank: Bank) -> np.ndarray:
+    """One similar question per FAQ with >= 2 similar questions, chosen by a hash of its text (stable across
+    edits of other FAQs, so a warm-started check model never saw its own held-out questions)."""
+    held = np.zeros(len(bank), dtype=bool)
+    for c in range(bank.n_classes):
+        rows = [r for r in range(bank.starts[c], bank.starts[c] + bank.counts[c]) if not bank.standard[r]]
+        if len(rows) >= 2:
+            held[min(rows, key=lambda r: hashlib.sha1(bank.texts[r].encode("utf-8")).hexdigest())] = True
+    return held
+
+
+# ---------------------------------------------------------------------------- heads
+
+
+@dataclass
+class HeadModel:
+    """A fitted head plus the scoring weights chosen on held-out questions."""
+
+    kind: HeadKind
+    faq_ids: list[str]
+    W: np.ndarray | None = None  # logreg: (C, D)
+    b: np.ndarray | None = None  # logreg: (C,)
+    A: np.ndarray | None = None  # adapter: (D, D)
+    head_weight: float = 1.0
+
+    def head_scores(self, q: np.ndarray, bank: Bank, aggregate: str, adapted: np.ndarray | None = None) -> np.ndarray:
+        """(m, D) queries -> (m, C) cosine-like head scores (`adapted`: the bank already mapped by `adapt`)."""
+        if self.kind == "logreg":
+            return q @ self.W.T + self.b / SCALE
+        if self.kind == "adapter":
+            adapted = self.adapt(bank.vectors) if adapted is None else adapted
+            return bank.aggregate(self.adapt(q) @ adapted.T, aggregate)
+        raise ValueError(f"`kind` {self.kind!r} has no head scores.")
+
+    def adapt(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(_rownorm(x @ self.A), dtype=np.float32)
+
+
+def _rownorm(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)
+
+
+class _Adam:
+    def __init__(self, params: list[np.ndarray], lr: float, total: int):
+        self.params, self.lr, self.total, self.t = params, lr, max(total, 1), 0
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self.t += 1
+        lr = self.lr * (1 - (self.t - 1) / self.total)  # linear decay to 0: stable without early stopping
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            m *= 0.9
+            m += 0.1 * g
+            v *= 0.999
+            v += 0.001 * g * g
+            p -= lr * (m / (1 - 0.9 ** self.t)) / (np.sqrt(v / (1 - 0.999 ** self.t)) + 1e-8)
+
+
+def _schedule(n: int, steps: int) -> tuple[int, int]:
+    bs = 64 if n < 4096 else 128
+    per_epoch = (n + bs - 1) // bs
+    epochs = int(np.clip(np.ceil(steps / per_epoch), 2, 50))
+    return bs, epochs
+
+
+def fit_logreg(bank: Bank, *, init: HeadModel | None = None, steps: int = 1000, lr: float = 0.003,
+               weight_decay: float = 1e-4, seed: int = 0) -> HeadModel:
+    """Softmax regression over the FAQs, rows started at the FAQ centroids (or, warm, at `init`'s rows for the
+    FAQs it knows) and pulled back towards that start by `weight_decay` (few examples per FAQ stay near it)."""
+    X, y, C = bank.vectors.astype(np.float32), bank.labels, bank.n_classes
+    start = np.zeros((C, X.shape[1]), np.float32)
+    np.add.at(start, y, X)
+    start = _rownorm(start).astype(np.float32)
+    b = np.zeros(C, np.float32)
+    if init is not None and init.kind == "logreg" and init.W is not None and init.W.shape[1] == X.shape[1]:
+        old = {f: i for i, f in enumerate(init.faq_ids)}
+        for c, f in enumerate(bank.faq_ids):
+            if f in old:
+                start[c], b[c] = init.W[old[f]], init.b[old[f]]
+    W = start.copy()
+    bs, epochs = _schedule(len(X), steps)
+    rng = np.random.default_rng(seed)
+    opt = _Adam([W, b], lr, epochs * ((len(X) + bs - 1) // bs))
+    for _ in range(epochs):
+        perm = rng.permutation(len(X))
+        for i in range(0, len(X), bs):
+            idx = perm[i:i + bs]
+            xb = X[idx]
+            logits = SCALE * (xb @ W.T) + b
+            logits -= logits.max(1, keepdims=True)
+            p = np.exp(logits)
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(len(idx)), y[idx]] -= 1
+            p /= len(idx)
+            opt.step([SCALE * (p.T @ xb) + 2 * weight_decay * (W - start), p.sum(0)])
+    return HeadModel("logreg", list(bank.faq_ids), W=W, b=b)
+
+
+def fit_adapter(bank: Bank, *, init: HeadModel | None = None, steps: int = 300, lr: float = 0.001,
+                weight_decay: float = 1e-3, seed: int = 0) -> HeadModel:
+    """Linear adapter x -> x A (A starts at the identity, or `init`'s A) trained with InfoNCE on pairs of
+    questions of the same FAQ, in-batch negatives (other FAQs only)."""
+    X, y = bank.vectors.astype(np.float32), bank.labels
+    d = X.shape[1]
+    eye = np.eye(d, dtype=np.float32)
+    A = init.A.copy() if init is not None and init.kind == "adapter" and init.A is not None and init.A.shape == (d, d) \
+        else eye.copy()
+    multi = np.flatnonzero(bank.counts >= 2)
+    if len(multi) < 2:
+        return HeadModel("adapter", list(bank.faq_ids), A=A)
+    rng = np.random.default_rng(seed)
+    bs = int(min(128, len(multi)))
+    opt = _Adam([A], lr, steps)
+    for _ in range(steps):
+        classes = rng.choice(multi, size=bs, replace=False)
+        a_rows = bank.starts[classes] + rng.integers(0, bank.counts[classes])
+        shift = 1 + rng.integers(0, bank.counts[classes] - 1)
+        p_rows = bank.starts[classes] + (a_rows - bank.starts[classes] + shift) % bank.counts[classes]
+        xa, xp = X[a_rows], X[p_rows]
+        ua, up = xa @ A, xp @ A
+        na, nq = np.linalg.norm(ua, axis=1, keepdims=True), np.linalg.norm(up, axis=1, keepdims=True)
+        ha, hp = ua / na, up / nq
+        s = SCALE * (ha @ hp.T)
+        s -= s.max(1, keepdims=True)
+        p = np.exp(s)
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(bs), np.arange(bs)] -= 1
+        ds = SCALE * p / bs
+        dha, dhp = ds @ hp, ds.T @ ha
+        dua = (dha - ha * (ha * dha).sum(1, keepdims=True)) / na
+        dup = (dhp - hp * (hp * dhp).sum(1, keepdims=True)) / nq
+        opt.step([xa.T @ dua + xp.T @ dup + 2 * weight_decay * (A - eye)])
+    return HeadModel("adapter", list(bank.faq_ids), A=A)
+
+
+def fit_head(kind: HeadKind, bank: Bank, init: HeadModel | None = None, steps: int | None = None) -> HeadModel:
+    if kind == "logreg":
+        return fit_logreg(bank, init=init, **({"steps": steps} if steps else {}))
+    if kind == "adapter":
+        return fit_adapter(bank, init=init, **({"steps": steps} if steps else {}))
+    raise ValueError(f"`faq.head` must be one of {', '.join(HEAD_KINDS)}, got {kind!r}.")
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def bm25_index(bank: Bank):
+    """A BM25 index over `bank`'s questions, keyed by question id."""
+    from .index import BM25Index
+
+    index = BM25Index()
+    if len(bank):
+        index.add(bank.qids, bank.texts)
+    return index
+
+
+def bm25_scores(index, label_of: dict[int, int], n_classes: int, texts: Sequence[str], k: int = 100) -> np.ndarray:
+    """(m, C): each FAQ's best BM25 over its questions, divided by the query's best FAQ (0 without overlap)."""
+    out = np.zeros((len(texts), n_classes), np.float32)
+    for i, text in enumerate(texts):
+        for qid, s in index.search(text, k):
+            c = label_of.get(qid)
+            if c is not None and s > out[i, c]:
+                out[i, c] = s
+        top = out[i].max()
+        if top > 0:
+            out[i] /= top
+    return out
+
+
+def bank_bm25_fn(bank: Bank, texts: Sequence[str]) -> np.ndarray:
+    """`fit_matcher`'s bm25_fn: BM25 of `texts` against a fresh index over `bank`."""
+    return bm25_scores(bm25_index(bank), dict(zip(bank.qids.tolist(), bank.labels.tolist())), bank.n_classes, texts)
+
+
+@dataclass
+class Scorer:
+    """Per-FAQ scores of queries against a bank: the untrained matcher (`head=None`) or the trained one."""
+
+    bank: Bank
+    aggregate: str = "max"
+    bm25_weight: float = 0.0
+    head: HeadModel | None = None
+    _adapted: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def scores(self, q: np.ndarray, bm25: np.ndarray | None, keep_sims: bool = False) -> dict[str, np.ndarray]:
+        """Every signal, (m, C) each; `score` is the one FAQs are ranked and decided by; `sims` (m, n) the
+        question cosines when `keep_sims`."""
+        sims = q @ self.bank.vectors.T
+        dense = self.bank.aggregate(sims, self.aggregate)
+        u = dense + self.bm25_weight * bm25 if bm25 is not None and self.bm25_weight else dense
+        out = {"dense": dense, "untrained": u}
+        if keep_sims:
+            out["sims"] = sims
+        if bm25 is not None:
+            out["bm25"] = bm25
+        if self.head is None or self.head.kind == "none":
+            out["score"] = u
+            return out
+        if self.head.kind == "adapter" and self._adapted is None:
+            self._adapted = self.head.adapt(self.bank.vectors)
+        h = self.head.head_scores(q, self.bank, self.aggregate, self._adapted)
+        a = self.head.head_weight
+        out["head"] = h
+        out["score"] = a * h + (1 - a) * u
+        return out
+
+
+    def rank(self, q: np.ndarray, bm25: np.ndarray | None, k: int, pool: int = 50) -> list[dict]:
+        """One query (1, D): the `k` best FAQs, best first, each {"faq": index, "score", "dense", "head", "bm25",
+        "row": its best question}. With a head, only its `max(pool, 4k)` best FAQs get the dense/BM25 signals
+        (the dense pass over every question is the cost at 10k+ questions); their ranking equals `scores`'."""
+        bank = self.bank
+        if len(bank) == 0:
+            return []
+        h = None
+        if self.head is not None and self.head.kind != "none":
+            if self.head.kind == "adapter" and self._adapted is None:
+                self._adapted = self.head.adapt(bank.vectors)
+            h = self.head.head_scores(q, bank, self.aggregate, self._adapted)[0]
+        n_pool = max(pool, 4 * k)
+        if h is not None and n_pool < bank.n_classes:
+            cand = np.argpartition(-h, n_pool - 1)[:n_pool]
+        else:
+            cand = np.arange(bank.n_classes)
+        counts = bank.counts[cand]
+        local = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        rows = np.repeat(bank.starts[cand] - local, counts) + np.arange(int(counts.sum()))
+        sims = (q @ bank.vectors[rows].T)[0] if len(cand) < bank.n_classes else (q @ bank.vectors.T)[0]
+        dense = aggregate(sims[None, :], local, counts, self.aggregate)[0]
+        b = bm25[0, cand] if bm25 is not None else None
+        u = dense + self.bm25_weight * b if b is not None and self.bm25_weight else dense
+        score = u if h is None else self.head.head_weight * h[cand] + (1 - self.head.head_weight) * u
+        k = min(k, len(cand))
+        top = np.argpartition(-score, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
+        top = top[np.argsort(-score[top], kind="stable")]
+        out = []
+        for j in top:
+            best = local[j] + int(np.argmax(sims[local[j]:local[j] + counts[j]]))
+            out.append({"faq": int(cand[j]), "score": float(score[j]), "dense": float(dense[j]),
+                        "head": None if h is None else float(h[cand[j]]), "bm25": None if b is None else float(b[j]),
+                        "row": int(rows[best])})
+        return out
+
+
+def _top1(scores: np.ndarray, gold: np.ndarray) -> float:
+    return float(np.mean(scores.argmax(1) == gold)) if len(gold) else 0.0
+
+
+def fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str = "max", use_bm25: bool = True,
+                init: dict | None = None, steps: int | None = None) -> tuple[HeadModel | None, float, dict]:
+    """One BLAS thread: minibatch products are small, and more threads only fight the serving ones."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: training is still correct, only possibly slower under load
+        return _fit_matcher(kind, bank, bm25_fn, aggregate=aggregate, use_bm25=use_bm25, init=init, steps=steps)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_matcher(kind, bank, bm25_fn, aggregate=aggregate, use_bm25=use_bm25, init=init, steps=steps)
+
+
+def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm25: bool, init: dict | None,
+                 steps: int | None) -> tuple[HeadModel | None, float, dict]:
+    """Choose the BM25 weight, train the head, run the held-out check, and fit the final head on everything.
+
+    Args:
+        bm25_fn: (bank, texts) -> (m, C) normalized BM25 FAQ scores of `texts` against `bank`'s questions.
+        init: the previous run's models {"check": HeadModel, "final": HeadModel} for a warm start.
+
+    Returns:
+        (final head or None when falling back / kind none, bm25 weight, check record for faq_head_<kind>.json).
+    """
+    t0 = time.perf_counter()
+    held = holdout_mask(bank)
+    rec: dict = {"kind": kind, "n_questions": int(len(bank)), "n_faqs": bank.n_classes, "n_heldout": int(held.sum()),
+                 "aggregate": aggregate}
+    if not held.any():
+        rec.update(head_used=False, bm25_weight=0.0, reason="no FAQ has 2 or more similar questions to hold one out")
+        return None, 0.0, rec
+    train = bank.subset(~held)
+    q, gold, texts = bank.vectors[held], bank.labels[held], [t for t, h in zip(bank.texts, held) if h]
+    bm25 = bm25_fn(train, texts) if use_bm25 else None
+
+    # untrained matcher: the BM25 weight it gets is chosen on the held-out questions too (fair comparison)
+    weights = BM25_WEIGHTS if use_bm25 else (0.0,)
+    acc_by_w = {w: _top1(Scorer(train, aggregate, w).scores(q, bm25)["score"], gold) for w in weights}
+    w_best = max(weights, key=lambda w: (acc_by_w[w], -w))
+    untrained_acc = acc_by_w[w_best]
+    rec.update(bm25_weight=w_best, untrained_top1=round(untrained_acc, 4),
+               untrained_top1_by_bm25_weight={str(w): round(a, 4) for a, w in ((acc_by_w[w], w) for w in weights)})
+    if kind == "none":
+        rec.update(head_used=False, reason="faq.head is none", ms=round((time.perf_counter() - t0) * 1000, 1))
+        return None, w_best, rec
+
+    # the head, trained without the held-out questions (warm start from the previous check model)
+    t1 = time.perf_counter()
+    check = fit_head(kind, train, (init or {}).get("check"), steps)
+    rec["check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)
+    sc = Scorer(train, aggregate, w_best, check)
+    sig = sc.scores(q, bm25)
+    acc_by_a = {a: _top1(a * sig["head"] + (1 - a) * sig["untrained"], gold) for a in HEAD_WEIGHTS}
+    a_best = max(HEAD_WEIGHTS, key=lambda a: (acc_by_a[a], -abs(a - 0.75)))  # ties: the even blend
+    trained_acc = acc_by_a[a_best]
+    check.head_weight = a_best
+    rec.update(head_weight=a_best, trained_top1=round(trained_acc, 4),
+               trained_top1_by_head_weight={str(a): round(acc_by_a[a], 4) for a in HEAD_WEIGHTS})
+    if trained_acc < untrained_acc:
+        rec.update(head_used=False, reason=f"trained {trained_acc:.4f} < untrained {untrained_acc:.4f} on held-out "
+                                           "similar questions: fell back to the untrained matcher")
+        logger.warning("FAQ head (%s) worse than the untrained matcher on %d held-out questions (%.3f < %.3f): "
+                       "falling back", kind, int(held.sum()), trained_acc, untrained_acc)
+        rec["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        return None, w_best, {**rec, "_check": check}
+
+    # final head on every question, warm-started from the check model
+    t1 = time.perf_counter()
+    final = fit_head(kind, bank, check, max(1, (steps or (1000 if kind == "logreg" else 300)) // 3))
+    final.head_weight = a_best
+    rec.update(head_used=True, reason="trained >= untrained on held-out similar questions",
+               final_train_ms=round((time.perf_counter() - t1) * 1000, 1), ms=round((time.perf_counter() - t0) * 1000, 1))
+    return final, w_best, {**rec, "_check": check}
+
+
+# ---------------------------------------------------------------------------- persistence
+
+
+def model_fingerprint(bank: Bank, encoders: Sequence[str], cfg) -> str:
+    """What a persisted model depends on: the questions, the encoders and the FAQ settings that shape training."""
+    h = hashlib.sha1(bank.fingerprint().encode())
+    h.update(json.dumps([FORMAT_VERSION, list(encoders), cfg.head, cfg.aggregate, cfg.bm25, cfg.train_steps]).encode())
+    return h.hexdigest()
+
+
+def model_files(directory: Path, kind: str) -> tuple[Path, Path]:
+    """(weights .npz, meta .json) of the `kind` model: one pair per kind, so switching `faq.head` back and forth
+    keeps each one's warm start."""
+    return directory / f"faq_head_{kind}.npz", directory / f"faq_head_{kind}.json"
+
+
+def save_model(directory: Path, kind: str, meta: dict, models: dict[str, HeadModel]) -> None:
+    """Weights of the final and check models (.npz) + meta and the held-out check (.json), each written atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    npz, js = model_files(directory, kind)
+    arrays: dict[str, np.ndarray] = {}
+    for name, m in models.items():
+        arrays[f"{name}__faq_ids"] = np.array(m.faq_ids, dtype=str)
+        arrays[f"{name}__meta"] = np.array(json.dumps({"kind": m.kind, "head_weight": m.head_weight}))
+        for k in ("W", "b", "A"):
+            v = getattr(m, k)
+            if v is not None:
+                arrays[f"{name}__{k}"] = v
+    tmp = directory / f".{npz.stem}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, npz)
+    _write_json(js, {**meta, "format": FORMAT_VERSION, "models": sorted(models)})
+
+
+def load_model(directory: Path, kind: str) -> tuple[dict, dict[str, HeadModel]] | None:
+    """What `save_model` wrote, or None when missing or unreadable."""
+    npz, js = model_files(directory, kind)
+    try:
+        meta = json.loads(js.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT_VERSION:
+            return None
+        models = {}
+        if meta.get("models"):
+            with np.load(npz, allow_pickle=False) as z:
+                for name in meta["models"]:
+                    info = json.loads(str(z[f"{name}__meta"]))
+                    arr = {k: z[f"{name}__{k}"] for k in ("W", "b", "A") if f"{name}__{k}" in z.files}
+                    models[name] = HeadModel(info["kind"], [str(x) for x in z[f"{name}__faq_ids"]],
+                                             head_weight=float(info["head_weight"]), **arr)
+        return meta, models
+    except (OSError, ValueError, KeyError) as e:
+        logger.info("FAQ head not loadable from %s (%s)", js, e)
+        return None
+
+
+def update_meta(directory: Path, kind: str, meta: dict) -> None:
+    _write_json(model_files(directory, kind)[1], meta)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,220 @@
+"""FAQ head: training beats the untrained matcher on held-out paraphrases, falls back when it would not, retrains
+(warm) when a FAQ is added and not after a restart; calibration on constructed score distributions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from faq_bot.eval.metrics import pick_threshold, threshold_sweep
+from faq_bot.eval.runner import calibrate_faq
+from faq_bot.faq import FaqMatcher, decision_score, normalize_question, to_simplified
+from faq_bot.faq_head import Bank, Scorer, bank_bm25_fn, fit_matcher, holdout_mask, load_model
+from faq_bot.knowledge import KnowledgeBase
+from faq_bot.schema import Faq, Query
+
+from conftest import make_config
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _nuisance_faq(seed: int = 0, n_faqs: int = 8, per: int = 12, dim: int = 48):
+    """Questions whose FAQ shows only in a weak direction, under strong shared nuisance directions: nearest
+    neighbour is fooled by the nuisance, a linear head learns to ignore it."""
+    rng = np.random.default_rng(seed)
+
+    def draw(c: int, n: int) -> np.ndarray:
+        signal = np.zeros((n, dim))
+        signal[:, c] = 0.35
+        signal[:, n_faqs:] = rng.normal(size=(n, dim - n_faqs)) / np.sqrt(dim - n_faqs)
+        return _unit(signal)
+
+    labels = np.repeat(np.arange(n_faqs), per)
+    vecs = np.concatenate([draw(c, per) for c in range(n_faqs)])
+    bank = Bank([f"f{c}" for c in range(n_faqs)], labels, vecs, [f"q{c}-{i}" for c, i in zip(labels, range(len(labels)))],
+                np.arange(len(labels)), np.arange(len(labels)) % per == 0)
+    return bank, draw
+
+
+def test_head_training_beats_untrained_matcher_on_held_out_paraphrases():
+    bank, draw = _nuisance_faq()
+    head, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False)
+    assert rec["n_heldout"] == 8 and rec["head_used"] and head is not None
+    assert rec["trained_top1"] > rec["untrained_top1"]
+    # and on fresh paraphrases, which neither the check nor the final head has seen
+    q = np.concatenate([draw(c, 20) for c in range(8)])
+    gold = np.repeat(np.arange(8), 20)
+    untrained = np.mean(Scorer(bank).scores(q, None)["score"].argmax(1) == gold)
+    trained = np.mean(Scorer(bank, head=head).scores(q, None)["score"].argmax(1) == gold)
+    assert trained >= untrained + 0.2, (untrained, trained)
+
+
+def test_adapter_head_trains_and_is_checked():
+    bank, draw = _nuisance_faq(seed=1)
+    head, _, rec = fit_matcher("adapter", bank, bank_bm25_fn, use_bm25=False, steps=150)
+    assert rec["kind"] == "adapter" and "trained_top1" in rec
+    if rec["head_used"]:
+        assert head.A.shape == (48, 48) and rec["trained_top1"] >= rec["untrained_top1"]
+
+
+def _shuffled_faq(n_faqs: int = 10, per: int = 16, dim: int = 64, seed: int = 0) -> Bank:
+    """Each FAQ's similar questions carry the next FAQ's meaning (labels shuffled between FAQs); only the standard
+    question and the held-out one (a near duplicate of it) are right. The head learns the shuffled labels; the
+    nearest neighbour still finds the standard question."""
+    rng = np.random.default_rng(seed)
+    mu = _unit(rng.normal(size=(n_faqs, dim)))
+    labels = np.repeat(np.arange(n_faqs), per)
+    texts = [f"s{c}-{i}" for c in range(n_faqs) for i in range(per)]
+    standard = np.arange(n_faqs * per) % per == 0
+    held = holdout_mask(Bank([f"f{c}" for c in range(n_faqs)], labels, np.zeros((len(labels), dim), np.float32), texts,
+                             np.arange(len(labels)), standard))
+    vecs = np.stack([_unit(mu[c] + 0.05 * rng.normal(size=dim)) if standard[r] or held[r]
+                     else _unit(mu[(c + 1) % n_faqs] + 0.2 * rng.normal(size=dim))
+                     for r, c in enumerate(labels)])
+    return Bank([f"f{c}" for c in range(n_faqs)], labels, vecs, texts, np.arange(len(labels)), standard)
+
+
+def test_head_falls_back_when_training_makes_it_worse():
+    head, _, rec = fit_matcher("logreg", _shuffled_faq(), bank_bm25_fn, use_bm25=False)
+    assert head is None and rec["head_used"] is False
+    assert rec["trained_top1"] < rec["untrained_top1"] == 1.0
+    assert "fell back" in rec["reason"]
+    assert rec["_check"] is not None  # kept for the next warm start, never used to answer
+
+
+def test_holdout_takes_one_similar_question_per_faq_with_two():
+    labels = np.array([0, 0, 0, 1, 1, 2])  # FAQ 0: standard + 2 similar; FAQ 1: standard + 1; FAQ 2: standard only
+    bank = Bank(["a", "b", "c"], labels, np.eye(6, dtype=np.float32), ["a0", "a1", "a2", "b0", "b1", "c0"],
+                np.arange(6), np.array([True, False, False, True, False, True]))
+    held = holdout_mask(bank)
+    assert held.sum() == 1 and held[1:3].sum() == 1
+
+
+def test_bank_aggregates_per_faq():
+    bank = Bank(["a", "b"], np.array([0, 0, 0, 1]), np.eye(4, dtype=np.float32), list("wxyz"), np.arange(4),
+                np.array([True, False, False, True]))
+    sims = np.array([[0.9, 0.5, 0.7, 0.8]])
+    assert bank.aggregate(sims, "max").tolist() == [[0.9, 0.8]]
+    assert np.allclose(bank.aggregate(sims, "top2_mean"), [[0.8, 0.8]])  # one question: itself
+
+
+def test_decision_score_is_monotone_and_below_exact_match():
+    raw = np.array([-0.2, 0.3, 0.8, 0.95, 1.3, 5.0])
+    s = decision_score(raw)
+    assert np.all(np.diff(s) > 0) or np.all(np.diff(s[:-1]) > 0)
+    assert s[0] == 0.0 and s[1] == pytest.approx(0.3) and s.max() < 1.0
+
+
+def test_normalize_question_folds_traditional_chinese():
+    assert to_simplified("怎麼申請退貨？運費誰負責") == "怎么申请退货？运费谁负责"
+    assert normalize_question("怎麼申請退貨") == normalize_question("怎么 申请 退货?")
+    assert to_simplified("How do I return it?") == "How do I return it?"
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+def _constructed_records():
+    """60 in-scope queries answered right at 0.70-0.95, 10 in-scope ranked wrong at 0.50-0.59 (right FAQ second),
+    30 out-of-scope at 0.30-0.65."""
+    recs = [{"question": f"ok{i}", "gold": f"F{i % 5}", "ranked": [(f"F{i % 5}", round(0.70 + 0.25 * i / 59, 4))]}
+            for i in range(60)]
+    recs += [{"question": f"w{i}", "gold": "G", "ranked": [("F0", round(0.50 + 0.01 * i, 2)), ("G", 0.45)]}
+             for i in range(10)]
+    recs += [{"question": f"o{i}", "gold": None, "ranked": [("F1", round(0.30 + 0.35 * i / 29, 4))]} for i in range(30)]
+    return recs
+
+
+def test_calibration_balanced_picks_the_right_point():
+    recs = _constructed_records()
+    top = [r["ranked"][0][1] for r in recs]
+    ids = [r["ranked"][0][0] for r in recs]
+    gold = [r["gold"] for r in recs]
+    sweep = threshold_sweep(top, ids, gold, [round(x, 2) for x in np.arange(0, 1.0001, 0.01)])
+    best = pick_threshold(sweep, "balanced")
+    # every right answer kept and every out-of-scope query refused from 0.66 to 0.70: the lowest is chosen
+    assert best["threshold"] == pytest.approx(0.66)
+    assert best["in_scope_accuracy"] == pytest.approx(60 / 70) and best["oos_recall"] == 1.0
+    # the same point is what calibrate_faq writes, whatever the mix of in- and out-of-scope queries
+    cal = calibrate_faq(recs, answer_threshold=0.9, suggest_threshold=0.5, objective="balanced")["calibration"]
+    assert cal["answer_threshold"] == pytest.approx(0.66) and cal["objective"] == "balanced"
+    few_oos = [r for r in recs if r["gold"] is not None] + [r for r in recs if r["gold"] is None][::-10]
+    cal2 = calibrate_faq(few_oos, answer_threshold=0.9, suggest_threshold=0.5, objective="balanced")["calibration"]
+    assert cal2["answer_threshold"] == pytest.approx(0.66)
+    # "did you mean" below the answer threshold: where the wrong in-scope ones show their right FAQ second
+    assert cal["suggest_threshold"] <= cal["answer_threshold"]
+
+
+def test_calibration_balanced_suggestion_zone_on_constructed_scores():
+    # in scope: right FAQ first at 0.8-0.9 (answered) or second at 0.55-0.65; out of scope at 0.2-0.5
+    recs = [{"question": f"a{i}", "gold": "A", "ranked": [("A", 0.8 + 0.01 * i)]} for i in range(10)]
+    recs += [{"question": f"b{i}", "gold": "B", "ranked": [("A", 0.55 + 0.01 * i), ("B", 0.54)]} for i in range(10)]
+    recs += [{"question": f"o{i}", "gold": None, "ranked": [("A", 0.2 + 0.03 * i)]} for i in range(10)]
+    cal = calibrate_faq(recs, answer_threshold=0.9, suggest_threshold=0.5, objective="balanced")["calibration"]
+    # answering anywhere from 0.48 to 0.80 keeps in-scope accuracy at 10/20 and refuses every out-of-scope query
+    assert cal["answer_threshold"] == pytest.approx(0.48)
+    # suggestions (right FAQ among the top 3 shown) reach down to where one out-of-scope query in ten is shown:
+    # balanced top-3 precision 1 / (1 + 0.1) >= 0.9 at 0.45, 1 / (1 + 0.2) < 0.9 at 0.44
+    assert cal["suggest_threshold"] == pytest.approx(0.45)
+
+
+# ---------------------------------------------------------------------------- with the knowledge base
+
+FAQ_CSV = """id,question,answer,similar_questions,category
+f-return,How do I return an item?,Open the order and tap Return.,I want to send my order back||What is the return process?||Where do I start a return?,Returns
+f-refund,When will I get my refund?,Refunds arrive in 1-3 working days.,How long does a refund take?||My refund has not arrived yet||When is the money paid back?,Refunds
+f-password,How do I reset my password?,Settings > Security > Reset password.,I forgot my password||I cannot log in to my account||How can I change my password?,Account
+f-invoice,Can I get an invoice?,Invoices are under Orders > Invoice.,Where do I download my invoice?||I need a receipt for my order||How do I request a VAT invoice?,Billing
+f-points,How do I earn member points?,1 point for every yuan spent.,How are loyalty points calculated?||Do I get points for shopping?||How can I collect more points?,Members
+"""
+
+
+@pytest.mark.slow
+def test_adding_a_faq_retrains_the_head_and_a_restart_does_not(tmp_path, faq_encoder):
+    (tmp_path / "faq.csv").write_text(FAQ_CSV, encoding="utf-8")
+    cfg = make_config(tmp_path)
+    kb = KnowledgeBase(cfg)
+    assert kb.ingest_paths([tmp_path / "faq.csv"])[0].status == "added"
+    matcher = FaqMatcher(cfg.faq, kb)
+    matcher.warm_up()
+    first = matcher.info()
+    assert first["n_faqs"] == 5 and first["n_heldout"] == 5 and not first["loaded"] and not first["warm_start"]
+    meta = json.loads((cfg.store.index_dir / "faq_head_logreg.json").read_text(encoding="utf-8"))
+    assert meta["generation"] == kb.store.generation() and meta["check"]["untrained_top1"] is not None
+
+    # a new FAQ: the knowledge base tells the matcher, which retrains there (warm start), not on the next question
+    kb.upsert_faq(Faq(id="f-shipping", question="How long does delivery take?", answer="2-4 days.",
+                      similar_questions=["When will my parcel arrive?", "How many days is shipping?",
+                                         "Is there express delivery?"]))
+    meta = json.loads((cfg.store.index_dir / "faq_head_logreg.json").read_text(encoding="utf-8"))
+    assert meta["generation"] == kb.store.generation() and meta["check"]["n_faqs"] == 6
+    assert meta["check"]["warm_start"] is True
+    _, models = load_model(cfg.store.index_dir, "logreg")
+    assert "f-shipping" in models["check"].faq_ids
+    info = matcher.info()
+    assert info["n_faqs"] == 6 and info["warm_start"] is True
+    res = matcher.match(Query(text="how many days until my package gets here"))
+    assert res.best.faq.id == "f-shipping"
+
+    # a restart (new knowledge base and matcher on the same files) loads the model instead of retraining
+    kb2 = KnowledgeBase(cfg)
+    again = FaqMatcher(cfg.faq, kb2)
+    assert again.info()["loaded"] is True
+    assert again.match(Query(text="how many days until my package gets here")).best.faq.id == "f-shipping"
+
+
+def test_rank_of_one_query_equals_the_batch_scores():
+    bank, draw = _nuisance_faq(seed=2, n_faqs=30, per=6)
+    head, w, _ = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False)
+    sc = Scorer(bank, "top2_mean", 0.0, head)
+    q = np.concatenate([draw(c, 1) for c in range(30)])
+    full = sc.scores(q, None)["score"]
+    for i in range(len(q)):
+        ranked = sc.rank(q[i:i + 1], None, k=3, pool=8)  # pool < FAQs: only the head's best 12 get dense scores
+        assert [r["faq"] for r in ranked] == list(np.argsort(-full[i], kind="stable")[:3])
+        assert ranked[0]["score"] == pytest.approx(full[i].max(), abs=1e-5)
+        assert bank.labels[ranked[0]["row"]] == ranked[0]["faq"]
