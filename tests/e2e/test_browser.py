@@ -77,6 +77,8 @@ def server(chromium_path, tmp_path_factory, faq_encoder, doc_encoder, tiny_lm_di
     cfg = load_config(overrides={"store.path": str(d / "kb.db"), "store.index_dir": str(d / "index"),
                                  "generate.model": tiny_lm_dir, "generate.device": "cpu",
                                  "generate.max_new_tokens": 16,
+                                 # the document question below must reach retrieval, not the FAQ
+                                 "faq.answer_threshold": 0.9, "faq.suggest_threshold": 0.6,
                                  # the tiny random LM cannot rewrite follow-ups; questions here stand alone
                                  "rewrite.enabled": False}, environ={})
     pipeline = Pipeline(cfg, KnowledgeBase(cfg), generator=load_generator(cfg.generate))
