@@ -43,6 +43,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=None,
                    help="wall-clock budget in seconds for all requested parts (default 840, quick 165)")
     p.add_argument("--no-report", action="store_true", help="do not rebuild bench/README.md")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="faq: FAQ question counts; retrieval: vector counts (default: the part's own)")
     p.add_argument("--tag", default="", help="suffix of the result files (bench/results/PART-TAG.json), to keep a "
                                             "special run (e.g. a long budget) beside the regular one")
     p.add_argument("--command", default=None, help=argparse.SUPPRESS)  # the parent's command, recorded by children
@@ -54,10 +56,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def run_part(part: str, quick: bool, budget_s: float, command: str, tag: str = "") -> bool:
+def run_part(part: str, quick: bool, budget_s: float, command: str, tag: str = "",
+             sizes: list[int] | None = None) -> bool:
     """Run one part in this process and write its result file; True when it finished without error."""
     res = Result(part, quick, budget_s, command, tag)
-    ctx = PartContext(quick=quick, budget=Budget(budget_s), result=res)
+    ctx = PartContext(quick=quick, budget=Budget(budget_s), result=res, options={"sizes": sizes} if sizes else {})
     mod = importlib.import_module(f"bench.{part}")
     logger.info("part %s%s: budget %.0f s", part, " (quick)" if quick else "", budget_s)
     try:
@@ -82,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(parts) == 1 and args.budget_s is None and not args.child:
         total = total * weights[parts[0]] / sum(weights.values()) if weights[parts[0]] else total * 0.2
     ok = True
+    if args.sizes and len(parts) != 1:
+        logger.error("--sizes applies to one part at a time (faq or retrieval)")
+        return 2
     if len(parts) == 1 or args.child:
         for part in parts:
-            ok &= run_part(part, args.quick, total, command, args.tag)
+            ok &= run_part(part, args.quick, total, command, args.tag, args.sizes)
     else:
         ok = _run_children(parts, args.quick, total, weights, command, args.tag)
     if not args.no_report and not args.child:

@@ -215,26 +215,24 @@ def run(ctx: PartContext) -> None:
     build = None  # (n, seconds) of the last matcher build: the head's training grows faster than the FAQ set
     for i, n in enumerate(sizes):
         faqs = data.subset(n)
-        rest = sizes[i:]
-        train = {m: (build[1] * (m / build[0]) ** 1.5 if build else 0.0015 * m) for m in rest}
         head = None
-        if train[n] > 0.75 * ctx.budget.left():
+        train = build[1] * (n / build[0]) ** 1.5 if build else 0.0015 * n
+        if train > 0.5 * ctx.budget.left():
             head = "none"
             res.note(f"{fmt_n(n)} questions: the default FAQ head (logreg over {n // 10:,} FAQs) would train for "
-                     f"~{train[n]:.0f} s here (build of {fmt_n(build[0])}: {build[1]:.0f} s, scaled by n^1.5); measured "
-                     "with `faq.head: none` (an untrained matcher; the same query path minus the head).")
-            train[n] = m_s = n * 1e-4
-            for m in rest[1:]:
-                train[m] = m_s * m / n
-        setup = {m: m * 0.0006 + 8 + train[m]
-                 + (0 if embeddings_cached(FaqData.questions(data.subset(m)), model) else m / 700) for m in rest}
-        avail = ctx.budget.left() - sum(setup.values())
-        size_s = avail * weights[n] / sum(weights[m] for m in rest)
-        if size_s < 3:
-            res.note(f"{fmt_n(n)} questions skipped: ~{setup[n]:.0f} s of setup and too little query time left in the "
-                     f"part's budget ({ctx.budget.left():.0f} s); embeddings are cached after a first run.")
+                     f"~{train:.0f} s here (scaled by n^1.5 from the last build); measured with `faq.head: none` (the "
+                     "same query path, untrained).")
+            train = 0.0
+        # setup: KB + matcher build (BM25 weight search grows ~n^1.5 too) + the llama-index peer build
+        setup = n * 0.0016 + 6 + train + (0 if embeddings_cached(FaqData.questions(faqs), model) else n / 700)
+        later = [m for m in sizes[i + 1:]]
+        query_s = (ctx.budget.left() - setup) * weights[n] / sum(weights[m] for m in [n, *later])
+        if setup + 10 > ctx.budget.left() or query_s < 4:
+            res.note(f"{fmt_n(n)} questions skipped: ~{setup:.0f} s of setup does not fit the {ctx.budget.left():.0f} s "
+                     f"left in the part's budget (run `python -m bench faq --sizes {n} --budget-s "
+                     f"{int(setup * 2.5 + 60)} --tag {fmt_n(n)}`).")
             continue
-        ctx.options["size_s"] = max(size_s, 4.0)
+        ctx.options["size_s"] = query_s
         b = _one_size(ctx, n, faqs, stream, model, head)
         if head is None:
             build = (n, b)

@@ -109,7 +109,7 @@ def _vectors(ctx: PartContext, n: int, mix: Mixture, cal: dict, prev: dict, nq: 
             projected = n * 1.5e-4  # a memcpy, plus the single-query loops (default and 1 thread)
         if not budget.fits(projected + 10, reserve_s=reserve_s):
             res.note(f"{kind} at {tag}: skipped, projected build {projected:.0f} s > {budget.left():.0f} s left in "
-                     "the part's budget (run `python -m bench retrieval --budget-s 1800` for it).")
+                     "the part's budget (run `python -m bench retrieval --sizes {n} --budget-s 1800 --tag {tag}`).")
             raw["kinds"][kind] = {"skipped": True, "projected_build_s": round(projected, 1)}
             continue
         gc.collect()
