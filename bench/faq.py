@@ -216,7 +216,7 @@ def run(ctx: PartContext) -> None:
     for i, n in enumerate(sizes):
         faqs = data.subset(n)
         head = None
-        train = build[1] * (n / build[0]) ** 1.5 if build else 0.0015 * n
+        train = build[1] * (n / build[0]) ** 1.5 if build else 0.001 * n * math.sqrt(n / 10_000)
         if train > 0.5 * ctx.budget.left():
             head = "none"
             res.note(f"{fmt_n(n)} questions: the default FAQ head (logreg over {n // 10:,} FAQs) would train for "
@@ -224,7 +224,7 @@ def run(ctx: PartContext) -> None:
                      "same query path, untrained).")
             train = 0.0
         # setup: KB + matcher build (BM25 weight search grows ~n^1.5 too) + the llama-index peer build
-        setup = n * 0.0016 + 6 + train + (0 if embeddings_cached(FaqData.questions(faqs), model) else n / 700)
+        setup = n * 0.0008 + 4 + train + (0 if embeddings_cached(FaqData.questions(faqs), model) else n / 700)
         later = [m for m in sizes[i + 1:]]
         query_s = (ctx.budget.left() - setup) * weights[n] / sum(weights[m] for m in [n, *later])
         if setup + 10 > ctx.budget.left() or query_s < 4:

@@ -292,15 +292,11 @@ class Scorer:
     head: HeadModel | None = None
     _adapted: np.ndarray | None = field(default=None, init=False, repr=False)
 
-    def scores(self, q: np.ndarray, bm25: np.ndarray | None, keep_sims: bool = False) -> dict[str, np.ndarray]:
-        """Every signal, (m, C) each; `score` is the one FAQs are ranked and decided by; `sims` (m, n) the
-        question cosines when `keep_sims`."""
-        sims = q @ self.bank.vectors.T
-        dense = self.bank.aggregate(sims, self.aggregate)
+    def scores(self, q: np.ndarray, bm25: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Every signal for a batch of queries, (m, C) each; `score` is the one FAQs are ranked and decided by."""
+        dense = self.bank.aggregate(q @ self.bank.vectors.T, self.aggregate)
         u = dense + self.bm25_weight * bm25 if bm25 is not None and self.bm25_weight else dense
         out = {"dense": dense, "untrained": u}
-        if keep_sims:
-            out["sims"] = sims
         if bm25 is not None:
             out["bm25"] = bm25
         if self.head is None or self.head.kind == "none":
@@ -395,7 +391,7 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
     w_best = max(weights, key=lambda w: (acc_by_w[w], -w))
     untrained_acc = acc_by_w[w_best]
     rec.update(bm25_weight=w_best, untrained_top1=round(untrained_acc, 4),
-               untrained_top1_by_bm25_weight={str(w): round(a, 4) for a, w in ((acc_by_w[w], w) for w in weights)})
+               untrained_top1_by_bm25_weight={str(w): round(acc_by_w[w], 4) for w in weights})
     if kind == "none":
         rec.update(head_used=False, reason="faq.head is none", ms=round((time.perf_counter() - t0) * 1000, 1))
         return None, w_best, rec
@@ -425,7 +421,8 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
     final = fit_head(kind, bank, check, max(1, (steps or (1000 if kind == "logreg" else 300)) // 3))
     final.head_weight = a_best
     rec.update(head_used=True, reason="trained >= untrained on held-out similar questions",
-               final_train_ms=round((time.perf_counter() - t1) * 1000, 1), ms=round((time.perf_counter() - t0) * 1000, 1))
+               final_train_ms=round((time.perf_counter() - t1) * 1000, 1),
+               ms=round((time.perf_counter() - t0) * 1000, 1))
     return final, w_best, {**rec, "_check": check}
 
 

@@ -35,8 +35,9 @@ def _nuisance_faq(seed: int = 0, n_faqs: int = 8, per: int = 12, dim: int = 48):
 
     labels = np.repeat(np.arange(n_faqs), per)
     vecs = np.concatenate([draw(c, per) for c in range(n_faqs)])
-    bank = Bank([f"f{c}" for c in range(n_faqs)], labels, vecs, [f"q{c}-{i}" for c, i in zip(labels, range(len(labels)))],
-                np.arange(len(labels)), np.arange(len(labels)) % per == 0)
+    texts = [f"q{c}-{i}" for i, c in enumerate(labels)]
+    bank = Bank([f"f{c}" for c in range(n_faqs)], labels, vecs, texts, np.arange(len(labels)),
+                np.arange(len(labels)) % per == 0)
     return bank, draw
 
 
