@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -81,6 +82,8 @@ class FaqConfig(_Section):
 class RetrieveConfig(_Section):
     backend: Literal["faiss", "qdrant"] = Field("faiss", description="Vector backend for chunks.")
     qdrant_url: str | None = Field(None, description="Qdrant server URL; None = embedded local mode under index_dir.")
+    qdrant_api_key: SecretStr | None = Field(None, description="API key of the Qdrant server (`qdrant_url`).")
+    qdrant_collection: str = Field("faq_bot_chunks", min_length=1, description="Qdrant collection of the chunks.")
     index: Literal["auto", "flat", "hnsw", "ivf_pq"] = Field("auto", description="FAISS index kind.")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="GPU when faiss-gpu sees one (auto).")
     auto_flat_max: int = Field(50_000, gt=0, description="`auto` uses Flat up to this many chunks.")
@@ -98,6 +101,14 @@ class RetrieveConfig(_Section):
     rrf_k: int = Field(60, gt=0)
     dense_weight: float = Field(0.5, ge=0, le=1, description="Weight of dense scores in weighted fusion.")
     use_bm25: bool = True
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> "RetrieveConfig":
+        if self.backend == "qdrant" and importlib.util.find_spec("qdrant_client") is None:
+            raise ValueError("`retrieve.backend` is 'qdrant' but qdrant-client is not installed; install it with "
+                             "`.venv/bin/pip install qdrant-client` (pinned in requirements.txt) or set "
+                             "`retrieve.backend: faiss`.")
+        return self
 
 
 class RerankConfig(_Section):

@@ -3,6 +3,11 @@
 SQLite holds documents, chunks, FAQs and their vectors. The indexes on disk are caches tagged with the
 store `generation` they were built from; a stale or missing index is rebuilt from stored vectors at
 start (no re-embedding), so a crash between the SQLite commit and the index save loses nothing.
+
+With `retrieve.backend: qdrant` the chunk vectors live in a Qdrant collection instead of a FAISS file
+(FAQ questions stay in FAISS). Qdrant persists each write, so it is brought to the store's generation by
+id difference (chunk ids are never reused, so an id's vector only changes with the encoder), and rebuilt
+from scratch on `reindex`, an encoder change, or when its tag is missing or from another place.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
@@ -27,6 +32,9 @@ from .ingest import FAQ_KINDS, IngestError, chunk_blocks, read_document, read_fa
 from .models import Encoder, load_encoder
 from .schema import Chunk, Doc, Faq
 from .store import Store
+
+if TYPE_CHECKING:
+    from .index.qdrant import QdrantIndex
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +64,11 @@ class IngestResult:
 class _IndexSet:
     """In-memory indexes of one space, with the store generation they reflect."""
 
-    dense: FaissIndex | None = None
+    dense: FaissIndex | QdrantIndex | None = None
     sparse: BM25Index | None = None
     generation: int = -1
     texts: dict[int, str] = field(default_factory=dict)
+    dense_model: str = ""  # Qdrant: encoder whose vectors the collection wholly holds ("" = unknown, sync in full)
 
 
 def doc_id_for(source: str) -> str:
@@ -207,10 +216,10 @@ class KnowledgeBase:
         return self.store.vectors("faq", encoder.name)
 
     def reindex(self) -> None:
-        """Rebuild every index from SQLite, ignoring files on disk (admin 'reindex')."""
+        """Rebuild every index from SQLite, ignoring files on disk (admin 'reindex'; Qdrant: every vector re-sent)."""
         with self._lock:
             for space, iset in (("faq", self._faq), ("chunk", self._chunk)):
-                self._rebuild(iset, space)
+                self._rebuild(iset, space, full=True)
 
     def _ensure(self, iset: _IndexSet, space: str) -> None:
         gen = self.store.generation()
@@ -232,10 +241,15 @@ class KnowledgeBase:
         try:
             meta = json.loads(meta_p.read_text())
             enc = self._encoder(space)
-            if meta.get("generation") != gen or meta.get("model") != enc.name:
-                logger.info("%s index is stale (index gen %s, store gen %s): rebuilding", space, meta.get("generation"), gen)
-                return False
-            iset.dense = FaissIndex.load(dense_p, **self._faiss_kwargs(space))
+            if self._uses_qdrant(space):
+                if not self._load_qdrant(iset, meta, enc, gen):
+                    return False
+            else:
+                if meta.get("generation") != gen or meta.get("model") != enc.name or meta.get("backend", "faiss") != "faiss":
+                    logger.info("%s index is stale (index gen %s, store gen %s, backend %s): rebuilding", space,
+                                meta.get("generation"), gen, meta.get("backend", "faiss"))
+                    return False
+                iset.dense = FaissIndex.load(dense_p, **self._faiss_kwargs(space))
             iset.sparse = BM25Index.load(sparse_p)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             logger.info("%s index not loadable (%s): rebuilding from the store", space, e)
@@ -243,6 +257,67 @@ class KnowledgeBase:
         iset.texts = self._texts(space)
         iset.generation = gen
         return True
+
+    def _load_qdrant(self, iset: _IndexSet, meta: dict, enc: Encoder, gen: int) -> bool:
+        """Open the chunk collection. True when it is current; False to sync it (by id difference when `meta`
+        shows it wholly holds `enc`'s vectors at this place, in full otherwise)."""
+        if (meta.get("backend") != "qdrant" or meta.get("model") != enc.name
+                or meta.get("location") != self._qdrant_location() or meta.get("collection") != self._qdrant_name()):
+            logger.info("chunk index was built for another backend, place or encoder: syncing Qdrant in full")
+            return False
+        dense = self._open_qdrant(enc.dim)
+        iset.dense, iset.dense_model = dense, enc.name
+        n = len(dense)
+        if meta.get("generation") != gen or meta.get("count") != n:
+            logger.info("Qdrant chunk collection is behind (gen %s/%s, %s/%s points): syncing by id", meta.get("generation"),
+                        gen, n, meta.get("count"))
+            return False
+        return True
+
+    def _uses_qdrant(self, space: str) -> bool:
+        return space == "chunk" and self.cfg.retrieve.backend == "qdrant"
+
+    def _qdrant_location(self) -> str:
+        return self.cfg.retrieve.qdrant_url or "local"
+
+    def _qdrant_name(self) -> str:
+        return self.cfg.retrieve.qdrant_collection
+
+    def _open_qdrant(self, dim: int, *, recreate: bool = False) -> QdrantIndex:
+        """The chunk collection: on `retrieve.qdrant_url`, else embedded in `index_dir/qdrant`."""
+        try:
+            from .index.qdrant import QdrantIndex
+        except ImportError as e:
+            raise RuntimeError(f"`retrieve.backend` is 'qdrant' but qdrant-client cannot be imported ({e}); install it "
+                               "with `.venv/bin/pip install qdrant-client` or set `retrieve.backend: faiss`.") from e
+        r = self.cfg.retrieve
+        key = r.qdrant_api_key.get_secret_value() if r.qdrant_api_key else None
+        return QdrantIndex(dim, None if r.qdrant_url else self.index_dir / "qdrant", name=r.qdrant_collection,
+                           url=r.qdrant_url, api_key=key, recreate=recreate)
+
+    def _sync_qdrant(self, iset: _IndexSet, enc: Encoder, ids: np.ndarray, mat: np.ndarray, meta_p: Path,
+                     full: bool) -> QdrantIndex:
+        """Make the chunk collection hold exactly (`ids`, `mat`): drop ids the store no longer has, send the ones
+        it lacks (`full`: send all, replacing vectors of another encoder)."""
+        dense = iset.dense if getattr(iset.dense, "kind", "") == "qdrant" and iset.dense.dim == enc.dim else None
+        full = full or dense is None or iset.dense_model != enc.name
+        if full:
+            meta_p.unlink(missing_ok=True)  # a crash mid-way must not leave a tag saying the collection is whole
+            iset.dense_model = ""
+        if dense is None:
+            try:
+                dense = self._open_qdrant(enc.dim)
+            except ValueError as e:  # another dim or layout (encoder change): its vectors are useless
+                logger.info("Recreating Qdrant collection %r: %s", self._qdrant_name(), e)
+                dense = self._open_qdrant(enc.dim, recreate=True)
+        present = dense.ids()
+        removed = dense.remove(np.setdiff1d(present, ids)) if len(present) else 0
+        send = np.ones(len(ids), bool) if full else ~np.isin(ids, present)
+        if send.any():
+            dense.add(ids[send], mat[send])
+        logger.info("Qdrant chunk collection %s: %d sent, %d removed", "rebuilt" if full else "synced",
+                    int(send.sum()), removed)
+        return dense
 
     def _encoder(self, space: str) -> Encoder:
         return self.faq_encoder if space == "faq" else self.doc_encoder
@@ -268,7 +343,7 @@ class KnowledgeBase:
             return {qid: text for qid, _, text in self.store.faq_questions()}
         return {int(c.meta["vid"]): c.embed_text() for c in self.store.chunks()}
 
-    def _rebuild(self, iset: _IndexSet, space: str) -> None:
+    def _rebuild(self, iset: _IndexSet, space: str, *, full: bool = False) -> None:
         t0 = time.perf_counter()
         gen = self.store.generation()
         enc = self._encoder(space)
@@ -284,18 +359,33 @@ class KnowledgeBase:
         texts = self._texts(space)
         keep = np.array([int(i) in texts for i in ids], dtype=bool) if len(ids) else np.zeros(0, bool)
         ids, mat = ids[keep], (mat[keep] if len(ids) else np.zeros((0, enc.dim), np.float32))
-        dense = FaissIndex(enc.dim, **self._faiss_kwargs(space))
-        dense.rebuild(ids, mat)
+        dense_p, sparse_p, meta_p = self._paths(space)
+        meta = {"generation": gen, "model": enc.name, "count": int(len(ids))}
+        if self._uses_qdrant(space):
+            dense = self._sync_qdrant(iset, enc, ids, mat, meta_p, full)
+            meta |= {"backend": "qdrant", "location": self._qdrant_location(), "collection": self._qdrant_name()}
+        else:
+            dense = FaissIndex(enc.dim, **self._faiss_kwargs(space))
+            dense.rebuild(ids, mat)
+            dense.save(dense_p)
+            meta |= {"backend": "faiss"}
         sparse = BM25Index()
         if len(ids):
             sparse.add(ids, [texts[int(i)] for i in ids])
-        dense_p, sparse_p, meta_p = self._paths(space)
-        dense.save(dense_p)
         sparse.save(sparse_p)
-        _atomic_write(meta_p, json.dumps({"generation": gen, "model": enc.name, "count": int(len(ids)),
-                                          "kind": dense.kind, "built": time.time()}))
+        _atomic_write(meta_p, json.dumps(meta | {"kind": dense.kind, "built": time.time()}))
         iset.dense, iset.sparse, iset.texts, iset.generation = dense, sparse, texts, gen
+        iset.dense_model = enc.name
         logger.info("Built %s index: %d vectors, %s, %.0f ms", space, len(ids), dense.kind, _ms(t0))
+
+    def close(self) -> None:
+        """Release the Qdrant client (embedded mode locks its folder to this process). The next index access
+        reopens it, so this is also how a test or an admin tool lets another process at the folder."""
+        with self._lock:
+            for iset in (self._faq, self._chunk):
+                if getattr(iset.dense, "kind", "") == "qdrant":
+                    iset.dense.close()
+                    iset.dense, iset.dense_model, iset.generation = None, "", -1
 
     def check_consistency(self) -> dict:
         """Ids in SQLite vs ids in each index (startup check, crash tests)."""

@@ -1,4 +1,4 @@
-"""Retrieve stage: dense (FAISS) + sparse (BM25, jieba) candidates fused by reciprocal rank or weighted scores."""
+"""Retrieve stage: dense (FAISS or Qdrant) + sparse (BM25, jieba) candidates fused by reciprocal rank or weighted scores."""
 
 from __future__ import annotations
 
@@ -35,7 +35,10 @@ def weighted_fuse(dense: list[tuple[int, float]], sparse: list[tuple[int, float]
 
 
 class Retriever:
-    """Hybrid retriever over the knowledge base's chunk indexes."""
+    """Hybrid retriever over the knowledge base's chunk indexes.
+
+    For llama-index: `faq_bot.integrations.llama_index.FaqBotRetriever` wraps it as a `BaseRetriever`.
+    """
 
     def __init__(self, cfg: RetrieveConfig, kb: KnowledgeBase):
         self.cfg = cfg
@@ -62,9 +65,10 @@ class Retriever:
         dense: list[tuple[int, float]] = []
         sparse: list[tuple[int, float]] = []
         t0 = time.perf_counter()
-        if mode in ("hybrid", "dense") and iset.dense is not None and len(iset.dense):
+        n_dense = len(iset.dense) if mode in ("hybrid", "dense") and iset.dense is not None else 0  # Qdrant: one call
+        if n_dense:
             q = self.kb.doc_encoder.encode_query(text)
-            scores, ids = iset.dense.search(q, min(self.cfg.dense_k, len(iset.dense)))
+            scores, ids = iset.dense.search(q, min(self.cfg.dense_k, n_dense))
             dense = [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
         detail["dense_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         t1 = time.perf_counter()

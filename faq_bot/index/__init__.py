@@ -57,7 +57,8 @@ def build_dense_index(dim: int, cfg: RetrieveConfig, path: Path) -> FaissIndex |
     if cfg.backend == "qdrant":
         from faq_bot.index.qdrant import QdrantIndex
 
-        return QdrantIndex(dim, path.parent / "qdrant", name=path.stem, url=cfg.qdrant_url)
+        key = cfg.qdrant_api_key.get_secret_value() if cfg.qdrant_api_key else None
+        return QdrantIndex(dim, path.parent / "qdrant", name=path.stem, url=cfg.qdrant_url, api_key=key)
     if cfg.backend != "faiss":
         raise ValueError(f"`retrieve.backend` must be 'faiss' or 'qdrant', got {cfg.backend!r}.")
     if not path.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -18,19 +19,24 @@ _UPSERT_BATCH = 512
 _SCROLL_PAGE = 1024
 
 # Embedded mode locks its folder: one client per folder per process, shared by all collections in it.
+# Its collections are plain Python structures, so calls on one folder's client are serialized by its lock.
 _local_lock = threading.Lock()
-_local_clients: dict[Path, list[Any]] = {}  # folder -> [client, refcount]
+_local_clients: dict[Path, list[Any]] = {}  # folder -> [client, refcount, call lock]
 
 
 def _open_local(path: Path) -> QdrantClient:
+    return _open_local_entry(path)[0]
+
+
+def _open_local_entry(path: Path) -> list[Any]:
     key = path.resolve()
     with _local_lock:
         entry = _local_clients.get(key)
         if entry is None:
             key.mkdir(parents=True, exist_ok=True)
-            entry = _local_clients[key] = [QdrantClient(path=str(key)), 0]
+            entry = _local_clients[key] = [QdrantClient(path=str(key)), 0, threading.RLock()]
         entry[1] += 1
-        return entry[0]
+        return entry
 
 
 def _release_local(path: Path) -> None:
@@ -51,6 +57,7 @@ class QdrantIndex:
     Where it lives: `url` -> a Qdrant server; else `path` -> embedded local mode in that folder
     (persistent; one shared client per folder in this process); else in memory.
     `save` is a no-op (Qdrant persists every write); `load` reopens an existing collection.
+    `recreate=True` drops an existing collection of that name first (e.g. after an encoder change).
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class QdrantIndex:
         url: str | None = None,
         api_key: str | None = None,
         timeout: int | None = None,
+        recreate: bool = False,
     ) -> None:
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise ValueError(f"`dim` must be a positive int, got {dim!r}.")
@@ -70,16 +78,20 @@ class QdrantIndex:
         self._dim = int(dim)
         self._name = name
         self._local_path: Path | None = None
+        # The HTTP/gRPC client is thread-safe; embedded and in-memory clients are not.
+        self._call_lock: Any = contextlib.nullcontext()
         if url:
             self._client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
         elif path is not None:
             self._local_path = Path(path)
-            self._client = _open_local(self._local_path)
+            self._client, _, self._call_lock = _open_local_entry(self._local_path)
         else:
             self._client = QdrantClient(location=":memory:")
+            self._call_lock = threading.RLock()
         self._closed = False
         try:
-            self._ensure_collection()
+            with self._call_lock:
+                self._ensure_collection(recreate)
         except BaseException:
             self.close()
             raise
@@ -122,7 +134,8 @@ class QdrantIndex:
         return "qdrant"
 
     def __len__(self) -> int:
-        return int(self._client.count(self._name, exact=True).count)
+        with self._call_lock:
+            return int(self._client.count(self._name, exact=True).count)
 
     def __repr__(self) -> str:
         where = "memory" if self._local_path is None else str(self._local_path)
@@ -133,9 +146,10 @@ class QdrantIndex:
         out: list[int] = []
         offset = None
         while True:
-            points, offset = self._client.scroll(
-                self._name, limit=_SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=False
-            )
+            with self._call_lock:
+                points, offset = self._client.scroll(
+                    self._name, limit=_SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=False
+                )
             out.extend(int(p.id) for p in points)
             if offset is None:
                 return np.asarray(out, dtype=np.int64)
@@ -153,7 +167,8 @@ class QdrantIndex:
         for start in range(0, len(ids), _UPSERT_BATCH):
             end = start + _UPSERT_BATCH
             batch = models.Batch(ids=ids[start:end].tolist(), vectors=vecs[start:end].tolist())
-            self._client.upsert(self._name, points=batch, wait=True)
+            with self._call_lock:
+                self._client.upsert(self._name, points=batch, wait=True)
 
     def remove(self, ids: np.ndarray) -> int:
         """Delete ids (unknown ones are ignored); returns how many were removed."""
@@ -161,11 +176,27 @@ class QdrantIndex:
         if not len(arr):
             return 0
         wanted = list(dict.fromkeys(arr.tolist()))
-        present = self._client.retrieve(self._name, ids=wanted, with_payload=False, with_vectors=False)
-        if present:
-            self._client.delete(self._name, points_selector=models.PointIdsList(points=[p.id for p in present]),
-                                wait=True)
+        with self._call_lock:
+            present = self._client.retrieve(self._name, ids=wanted, with_payload=False, with_vectors=False)
+            if present:
+                self._client.delete(self._name, points_selector=models.PointIdsList(points=[p.id for p in present]),
+                                    wait=True)
         return len(present)
+
+    def vectors(self, ids: Any) -> np.ndarray:
+        """Stored (normalized) vectors for `ids`, in order; a missing id gives a zero row (as FaissIndex)."""
+        arr = _check_ids(ids)
+        out = np.zeros((len(arr), self._dim), dtype=np.float32)
+        if not len(arr):
+            return out
+        with self._call_lock:
+            points = self._client.retrieve(self._name, ids=list(dict.fromkeys(arr.tolist())), with_payload=False,
+                                           with_vectors=True)
+        found = {int(p.id): p.vector for p in points}
+        for r, i in enumerate(arr.tolist()):
+            if i in found:
+                out[r] = np.asarray(found[i], dtype=np.float32)
+        return out
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` cosine matches per query row: `(scores, ids)`, both `(n, k)`; missing = (-inf, -1)."""
@@ -184,7 +215,9 @@ class QdrantIndex:
         if not len(q):
             return scores, out_ids
         requests = [models.QueryRequest(query=row.tolist(), limit=k, with_payload=False) for row in q]
-        for r, resp in enumerate(self._client.query_batch_points(self._name, requests=requests)):
+        with self._call_lock:
+            responses = self._client.query_batch_points(self._name, requests=requests)
+        for r, resp in enumerate(responses):
             for c, point in enumerate(resp.points[:k]):
                 scores[r, c] = point.score
                 out_ids[r, c] = int(point.id)
@@ -212,7 +245,10 @@ class QdrantIndex:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _ensure_collection(self) -> None:
+    def _ensure_collection(self, recreate: bool = False) -> None:
+        if recreate and self._client.collection_exists(self._name):
+            self._client.delete_collection(self._name)
+            logger.info("Dropped Qdrant collection %r to recreate it.", self._name)
         if self._client.collection_exists(self._name):
             existing = _collection_dim(self._client, self._name)
             if existing != self._dim:
