@@ -1,0 +1,1 @@
+"""Adapters to other frameworks; each module imports its framework only when used."""
