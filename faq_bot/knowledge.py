@@ -4,6 +4,11 @@ SQLite holds documents, chunks, FAQs and their vectors. The indexes on disk are 
 store `generation` they were built from; a stale or missing index is rebuilt from stored vectors at
 start (no re-embedding), so a crash between the SQLite commit and the index save loses nothing.
 
+Every index file write that could run out of space happens before the commit: inside the store transaction,
+after the generation bump, the new FAISS/BM25 indexes are built and saved under temporary names. A full disk
+there rolls the transaction back (the store is unchanged, the caller gets a clear error); after the commit
+only renames remain, meta file last.
+
 With `retrieve.backend: qdrant` the chunk vectors live in a Qdrant collection instead of a FAISS file
 (FAQ questions stay in FAISS). Qdrant persists each write, so it is brought to the store's generation by
 id difference (chunk ids are never reused, so an id's vector only changes with the encoder), and rebuilt
@@ -71,6 +76,35 @@ class _IndexSet:
     dense_model: str = ""  # Qdrant: encoder whose vectors the collection wholly holds ("" = unknown, sync in full)
 
 
+@dataclass
+class _Staged:
+    """One space's indexes built inside a store transaction, saved under temporary names (see `_commit`)."""
+
+    space: str
+    generation: int
+    dense: FaissIndex
+    sparse: BM25Index
+    texts: dict[int, str]
+    model: str
+    files: list[tuple[Path, Path]] = field(default_factory=list)  # (temporary, final); the meta file last
+
+    def install(self, iset: _IndexSet) -> None:
+        """After the commit: rename the files into place (no new disk space needed) and swap the indexes in."""
+        try:
+            for tmp, final in self.files:
+                os.replace(tmp, final)
+        except OSError as e:  # the meta file was not replaced: the files on disk read as stale, rebuilt at start
+            logger.warning("%s index files could not be put in place (%s); rebuilt at the next start", self.space, e)
+            self.discard()
+        iset.dense, iset.sparse, iset.texts, iset.generation = self.dense, self.sparse, self.texts, self.generation
+        iset.dense_model = self.model
+
+    def discard(self) -> None:
+        for tmp, _ in self.files:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
 def doc_id_for(source: str) -> str:
     """Stable id from the upload name: re-uploading a file of the same name replaces it."""
     return "doc-" + hashlib.sha1(source.encode("utf-8")).hexdigest()[:12]
@@ -117,7 +151,8 @@ class KnowledgeBase:
                 faqs = read_faqs(data, source, self.cfg.ingest)
                 qvecs = self._encode("faq", [q for f in faqs for q in f.all_questions()])
                 try:
-                    self.store.replace_document(doc, faqs=faqs, faq_vectors={self.faq_encoder.name: qvecs})
+                    self._commit(lambda stage: self.store.replace_document(
+                        doc, faqs=faqs, faq_vectors={self.faq_encoder.name: qvecs}, before_commit=stage))
                 except ValueError as e:
                     raise IngestError(source, str(e)) from None
                 n = len(faqs)
@@ -129,13 +164,17 @@ class KnowledgeBase:
                 if not chunks:
                     raise IngestError(source, "no text could be extracted; is it a scanned image?")
                 vecs = self._encode("chunk", [c.embed_text() for c in chunks])
-                self.store.replace_document(doc, chunks=chunks, vectors={enc.name: vecs})
+                self._commit(lambda stage: self.store.replace_document(
+                    doc, chunks=chunks, vectors={enc.name: vecs}, before_commit=stage))
                 n = len(chunks)
         except IngestError as e:
             return IngestResult(source, "error", error=str(e), ms=_ms(t0))
         except sqlite3_errors() as e:  # disk full, locked beyond timeout: the transaction rolled back
             return IngestResult(source, "error", error=f"{source}: could not be stored ({e}); nothing changed.",
                                 ms=_ms(t0))
+        except OSError as e:  # an index file could not be written (disk full): the transaction rolled back
+            return IngestResult(source, "error", ms=_ms(t0), error=f"{source}: could not be stored "
+                                f"({e.strerror or e}); nothing changed. Free some disk space and upload it again.")
         self.sync()
         return IngestResult(source, "replaced" if old else "added", doc_id, kind, n, _ms(t0))
 
@@ -160,21 +199,80 @@ class KnowledgeBase:
         return False
 
     def delete_document(self, doc_id: str) -> bool:
-        ok = self.store.delete_document(doc_id)
+        """Delete a document; False when there is none. Raises OSError, with the store unchanged, when the new
+        index files cannot be written (disk full)."""
+        ok = self._commit(lambda stage: self.store.delete_document(doc_id, before_commit=stage))
         if ok:
             self.sync()
         return ok
 
     def upsert_faq(self, faq: Faq) -> None:
         vecs = self._encode("faq", faq.all_questions())
-        self.store.upsert_faq(faq, {self.faq_encoder.name: vecs})
+        self._commit(lambda stage: self.store.upsert_faq(faq, {self.faq_encoder.name: vecs}, before_commit=stage))
         self.sync()
 
     def delete_faq(self, faq_id: str) -> bool:
-        ok = self.store.delete_faq(faq_id)
+        ok = self._commit(lambda stage: self.store.delete_faq(faq_id, before_commit=stage))
         if ok:
             self.sync()
         return ok
+
+    def _commit(self, write):
+        """Run `write(stage)`: one store transaction that calls `stage()` just before its commit.
+
+        `stage` builds the FAISS/BM25 indexes from the transaction's own view (this thread's connection sees the
+        new rows) and saves them under temporary names; if that fails (disk full), the transaction rolls back
+        and the error is raised with the store unchanged. After the commit the files are renamed into place,
+        meta file last: a crash between renames leaves a meta file older than the store, rebuilt by `_ensure`.
+        """
+        staged: list[_Staged] = []
+
+        def stage() -> None:
+            for space in ("faq", "chunk"):
+                s = self._stage(space)
+                if s is not None:
+                    staged.append(s)
+
+        with self._lock:
+            try:
+                result = write(stage)
+            except BaseException:
+                for s in staged:
+                    s.discard()
+                raise
+            for s in staged:
+                s.install(self._faq if s.space == "faq" else self._chunk)
+        return result
+
+    def _stage(self, space: str) -> "_Staged | None":
+        """Inside a store transaction: build `space` at the new generation and write its files under temporary
+        names. None (built by `_ensure` after the commit instead) for Qdrant, which persists each write itself,
+        and when some text has no vector for the current encoder (it must be embedded first)."""
+        enc = self._encoder(space)
+        if self._uses_qdrant(space) or self.store.missing_vectors(space, enc.name):
+            return None
+        gen = self.store.generation()
+        ids, mat = self.store.vectors(space, enc.name)
+        texts = self._texts(space)
+        keep = np.array([int(i) in texts for i in ids], dtype=bool) if len(ids) else np.zeros(0, bool)
+        ids, mat = ids[keep], (mat[keep] if len(ids) else np.zeros((0, enc.dim), np.float32))
+        dense = FaissIndex(enc.dim, **self._faiss_kwargs(space))
+        dense.rebuild(ids, mat)
+        sparse = BM25Index()
+        if len(ids):
+            sparse.add(ids, [texts[int(i)] for i in ids])
+        meta = json.dumps({"generation": gen, "model": enc.name, "count": int(len(ids)), "backend": "faiss",
+                           "kind": dense.kind, "built": time.time()})
+        staged = _Staged(space, gen, dense, sparse, texts, enc.name)
+        try:
+            for path, write in zip(self._paths(space), (dense.save, sparse.save, lambda p: _atomic_write(p, meta))):
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.staged")
+                staged.files.append((tmp, path))
+                write(tmp)
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
 
     # ------------------------------------------------------------------ indexes
     def faq_index(self) -> _IndexSet:

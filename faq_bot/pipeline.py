@@ -144,6 +144,13 @@ class Pipeline:
             trace.add("generate", 0.0, skipped="queue full")
             yield done(self.busy_text(lang), "error", suggestions=suggestions, model="none")
             return
+        except ValueError:  # an unknown adapter: the caller says which ones exist
+            raise
+        except Exception as e:  # the model crashed or its endpoint died mid-answer: say so, keep serving FAQs
+            logger.exception("Generation failed")
+            trace.add("generate", 0.0, error=f"{type(e).__name__}: {e}")
+            yield done(self.limited_text(lang), "error", suggestions=suggestions, model="none")
+            return
         trace.add("generate", gen.ms, model=gen.model, raw=gen.raw, parse_ok=gen.parse_ok, parse_note=gen.parse_note,
                   answer_in_context=gen.answer_in_context, evidence=gen.evidence,
                   prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)

@@ -13,7 +13,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -138,10 +138,14 @@ class Store:
         vectors: dict[str, np.ndarray] | None = None,
         faqs: Sequence[Faq] = (),
         faq_vectors: dict[str, np.ndarray] | None = None,
+        *,
+        before_commit: Callable[[], None] | None = None,
     ) -> tuple[list[int], list[int]]:
         """Insert `doc` with its chunks (or FAQs) and their vectors, replacing any document of the same id.
 
-        All in one transaction: after a crash the document is wholly in or wholly out.
+        All in one transaction: after a crash the document is wholly in or wholly out. `before_commit` runs
+        inside it, after the generation bump, on this thread's connection (it sees the new rows); an error
+        there rolls everything back.
 
         Returns:
             (chunk vector ids, FAQ question vector ids), in input order (questions: FAQ by FAQ, standard first).
@@ -181,14 +185,20 @@ class Store:
                 con.executemany("INSERT INTO vectors VALUES ('faq', ?, ?, ?)",
                                 [(q, model, _blob(mat[i])) for i, q in enumerate(qids)])
             self._bump(con)
+            if before_commit is not None:
+                before_commit()
         return chunk_vids, qids
 
-    def delete_document(self, doc_id: str) -> bool:
-        """Delete a document with its chunks, FAQs and vectors. Returns False when it did not exist."""
+    def delete_document(self, doc_id: str, *, before_commit: Callable[[], None] | None = None) -> bool:
+        """Delete a document with its chunks, FAQs and vectors. Returns False when it did not exist.
+
+        `before_commit`: as in `replace_document` (run only when something was deleted)."""
         with self.tx() as con:
             n = con.execute("DELETE FROM documents WHERE id=?", (doc_id,)).rowcount
             if n:
                 self._bump(con)
+                if before_commit is not None:
+                    before_commit()
         return bool(n)
 
     def chunks(self, vids: Sequence[int] | None = None, doc_id: str | None = None) -> list[Chunk]:
@@ -262,8 +272,10 @@ class Store:
                                         (f.id, q, int(i == 0))).lastrowid)
         return qids
 
-    def upsert_faq(self, faq: Faq, vectors: dict[str, np.ndarray] | None = None) -> list[int]:
-        """Add or edit one FAQ (admin edits); its question vectors are replaced."""
+    def upsert_faq(self, faq: Faq, vectors: dict[str, np.ndarray] | None = None, *,
+                   before_commit: Callable[[], None] | None = None) -> list[int]:
+        """Add or edit one FAQ (admin edits); its question vectors are replaced. `before_commit`: as in
+        `replace_document`."""
         with self.tx() as con:
             row = con.execute("SELECT doc_id FROM faqs WHERE id=?", (faq.id,)).fetchone()
             con.execute("DELETE FROM faqs WHERE id=?", (faq.id,))
@@ -273,13 +285,17 @@ class Store:
                 con.executemany("INSERT INTO vectors VALUES ('faq', ?, ?, ?)",
                                 [(q, model, _blob(mat[i])) for i, q in enumerate(qids)])
             self._bump(con)
+            if before_commit is not None:
+                before_commit()
         return qids
 
-    def delete_faq(self, faq_id: str) -> bool:
+    def delete_faq(self, faq_id: str, *, before_commit: Callable[[], None] | None = None) -> bool:
         with self.tx() as con:
             n = con.execute("DELETE FROM faqs WHERE id=?", (faq_id,)).rowcount
             if n:
                 self._bump(con)
+                if before_commit is not None:
+                    before_commit()
         return bool(n)
 
     def set_faq_enabled(self, faq_id: str, enabled: bool) -> bool:
