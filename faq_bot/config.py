@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Iterable, Iterator, Literal, Mapping, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
@@ -18,6 +19,15 @@ ENV_PREFIX = "FAQ_BOT__"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _secret_text(value: Any) -> Any:
+    """A password or key written as a bare number in YAML (`admin_password: 12345678`) is still text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# Secret settings: masked by `dump()` and repr, kept as raw text from env/--set, never echoed by error messages.
+Secret = Annotated[SecretStr, BeforeValidator(_secret_text)]
 
 
 class StoreConfig(_Section):
@@ -82,7 +92,7 @@ class FaqConfig(_Section):
 class RetrieveConfig(_Section):
     backend: Literal["faiss", "qdrant"] = Field("faiss", description="Vector backend for chunks.")
     qdrant_url: str | None = Field(None, description="Qdrant server URL; None = embedded local mode under index_dir.")
-    qdrant_api_key: SecretStr | None = Field(None, description="API key of the Qdrant server (`qdrant_url`).")
+    qdrant_api_key: Secret | None = Field(None, description="API key of the Qdrant server (`qdrant_url`).")
     qdrant_collection: str = Field("faq_bot_chunks", min_length=1, description="Qdrant collection of the chunks.")
     index: Literal["auto", "flat", "hnsw", "ivf_pq"] = Field("auto", description="FAISS index kind.")
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="GPU when faiss-gpu sees one (auto).")
@@ -129,7 +139,7 @@ class RewriteConfig(_Section):
 
 class OpenAIBackendConfig(_Section):
     base_url: str = "http://127.0.0.1:8000/v1"
-    api_key: SecretStr = SecretStr("EMPTY")
+    api_key: Secret = SecretStr("EMPTY")
     model: str = Field("default", description="Served model name (vLLM: the base model or a --lora-modules name).")
     timeout_s: float = 120.0
 
@@ -167,7 +177,7 @@ class RouteConfig(_Section):
 class AppConfig_(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7860, gt=0, lt=65536)
-    admin_password: SecretStr | None = Field(None, description="Admin login; env FAQ_BOT_ADMIN_PASSWORD wins.")
+    admin_password: Secret | None = Field(None, description="Admin login; env FAQ_BOT_ADMIN_PASSWORD wins.")
     session_ttl_s: int = Field(8 * 3600, gt=0)
     max_login_failures: int = Field(5, gt=0)
     lockout_s: int = Field(300, gt=0)
@@ -249,12 +259,32 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
+def _secret_names(model: type[BaseModel]) -> set[str]:
+    names: set[str] = set()
+    for name, f in model.model_fields.items():
+        for t in get_args(f.annotation) or (f.annotation,):
+            if t is SecretStr or SecretStr in get_args(t):
+                names.add(name)
+            elif isinstance(t, type) and issubclass(t, BaseModel):
+                names |= _secret_names(t)
+    return names
+
+
+SECRET_NAMES = frozenset(_secret_names(AppConfig))  # admin_password, api_key, qdrant_api_key
+
+
+def is_secret_key(dotted: str) -> bool:
+    """True for a setting holding a password or API key (`app.admin_password`, `generate.openai.api_key`, ...)."""
+    return dotted.rsplit(".", 1)[-1] in SECRET_NAMES
+
+
 def format_validation_error(err: ValidationError, origin: str) -> str:
     lines = [f"Invalid configuration ({origin}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        secret = any(str(p) in SECRET_NAMES for p in e["loc"])
+        got_s = "" if isinstance(got, dict) or secret else f" (got {got!r})"
         if e["type"] == "extra_forbidden":
             lines.append(f"  `{key}`: unknown key{got_s}; check the spelling against configs/default.yaml.")
         else:
@@ -282,15 +312,54 @@ def load_config(
         raise ValueError(f"Config file {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"Config file {path} must hold a mapping of sections, got {type(data).__name__}.")
-    for dotted, value in env_overrides(environ).items():
-        _set_dotted(data, dotted, _parse_scalar(value), "environment")
+    for dotted, value in env_overrides(environ).items():  # a secret stays the exact text given ("0x1F", "007")
+        _set_dotted(data, dotted, value if is_secret_key(dotted) else _parse_scalar(value), "environment")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, _parse_scalar(value) if isinstance(value, str) else value, "override")
+        parse = isinstance(value, str) and not is_secret_key(dotted)
+        _set_dotted(data, dotted, _parse_scalar(value) if parse else value, "override")
     try:
         cfg = AppConfig.model_validate(data)
     except ValidationError as e:
         raise ValueError(format_validation_error(e, str(path))) from None
     return cfg.resolve_paths(base_dir or ROOT)
+
+
+MASK = "**********"  # what pydantic shows for a SecretStr
+
+
+def redact(text: str, secrets: Iterable[SecretStr | str | None]) -> str:
+    """`text` with every secret value (4+ characters) replaced by the mask."""
+    for s in secrets:
+        value = s.get_secret_value() if isinstance(s, SecretStr) else s
+        if value and len(value) >= 4:
+            text = text.replace(value, MASK)
+    return text
+
+
+@contextlib.contextmanager
+def secrets_scrubbed(*secrets: SecretStr | str | None) -> Iterator[None]:
+    """Re-raise an error from the block with the secret values masked in its message.
+
+    An endpoint may echo a rejected API key in its error body (`Incorrect API key provided: sk-...`); the message
+    ends up in logs, /health, traces and eval reports. The exception keeps its type; its chained causes are dropped
+    so a logged traceback cannot show the key either.
+    """
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        clean = redact(text, secrets)
+        if clean == text:
+            raise
+        e.args = (clean,)
+        for attr in ("message", "body"):
+            if isinstance(getattr(e, attr, None), str):
+                setattr(e, attr, redact(getattr(e, attr), secrets))
+            elif getattr(e, attr, None) is not None and attr == "body":
+                setattr(e, attr, None)
+        if redact(str(e), secrets) != str(e):  # a __str__ not built from args
+            raise RuntimeError(f"{type(e).__name__}: {clean}") from None
+        raise e from None
 
 
 def admin_password(cfg: AppConfig, environ: Mapping[str, str] | None = None) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any, Literal, Mapping, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from faq_bot.config import ROOT, AppConfig, OpenAIBackendConfig, format_validation_error
+from faq_bot.config import ROOT, AppConfig, OpenAIBackendConfig, format_validation_error, is_secret_key
 
 __all__ = [
     "APP_SECTIONS",
@@ -246,8 +246,8 @@ def load_train_config(cls: type[C], path: str | Path | None, overrides: Mapping[
             raise ValueError(f"Training config {path} is not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ValueError(f"Training config {path} must hold a mapping, got {type(data).__name__}.")
-    for dotted, value in (overrides or {}).items():
-        set_dotted(data, dotted, parse_scalar(value) if isinstance(value, str) else value)
+    for dotted, value in (overrides or {}).items():  # a key or password stays the exact text given
+        set_dotted(data, dotted, parse_scalar(value) if isinstance(value, str) and not is_secret_key(dotted) else value)
     try:
         cfg = cls.model_validate(data)
     except ValidationError as e:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from faq_bot.config import AppConfig, OpenAIBackendConfig
+from faq_bot.config import AppConfig, OpenAIBackendConfig, secrets_scrubbed
 from faq_bot.faq import normalize_question
 from faq_bot.generate.prompts import detect_language
 from faq_bot.schema import Chunk
@@ -183,9 +183,10 @@ def openai_completer(teacher: OpenAIBackendConfig, *, max_new_tokens: int, tempe
 
     def complete(messages: list[dict[str, str]]) -> str:
         body = {"model": teacher.model, "messages": messages, "temperature": temperature, "max_tokens": max_new_tokens}
-        r = httpx.post(url, json=body, headers=headers, timeout=teacher.timeout_s)
-        r.raise_for_status()
-        return r.json()["choices"][0]["message"]["content"] or ""
+        with secrets_scrubbed(teacher.api_key):
+            r = httpx.post(url, json=body, headers=headers, timeout=teacher.timeout_s)
+            r.raise_for_status()
+            return r.json()["choices"][0]["message"]["content"] or ""
 
     return complete
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from faq_bot.config import FaqConfig, OpenAIBackendConfig
+from faq_bot.config import FaqConfig, OpenAIBackendConfig, secrets_scrubbed
 from faq_bot.eval.datasets import EvalItem, FaqQuery, load_rgb
 from faq_bot.eval.metrics import (
     DEFAULT_REFUSAL_TEXTS,
@@ -165,10 +165,11 @@ class Judge:
 
             self._client = OpenAI(base_url=self.cfg.base_url, api_key=self.cfg.api_key.get_secret_value(),
                                   timeout=self.cfg.timeout_s)
-        resp = self._client.chat.completions.create(
-            model=self.cfg.model, temperature=0.0, max_tokens=8,
-            messages=[{"role": "user", "content": self._PROMPT.format(question=question, reference=reference,
-                                                                      answer=answer)}])
+        with secrets_scrubbed(self.cfg.api_key):  # the error goes into the report: never with an echoed key
+            resp = self._client.chat.completions.create(
+                model=self.cfg.model, temperature=0.0, max_tokens=8,
+                messages=[{"role": "user", "content": self._PROMPT.format(question=question, reference=reference,
+                                                                          answer=answer)}])
         text = resp.choices[0].message.content or ""
         m = re.search(r"\d+(?:\.\d+)?", text)
         if not m:

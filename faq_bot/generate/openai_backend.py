@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from faq_bot.config import GenerateConfig
+from faq_bot.config import GenerateConfig, secrets_scrubbed
 from faq_bot.generate.base import Generator
 
 logger = logging.getLogger(__name__)
@@ -42,15 +42,16 @@ class OpenAIGenerator(Generator):
         from openai import OpenAI
 
         o = self.cfg.openai
-        self._client = OpenAI(base_url=o.base_url, api_key=o.api_key.get_secret_value(), timeout=o.timeout_s,
-                              max_retries=1)
-        served = self._served_models(refresh=True)  # fails here, at warm-up, when the endpoint is unreachable
+        with secrets_scrubbed(o.api_key):  # the recorded error is shown by /health and logged
+            self._client = OpenAI(base_url=o.base_url, api_key=o.api_key.get_secret_value(), timeout=o.timeout_s,
+                                  max_retries=1)
+            served = self._served_models(refresh=True)  # fails here, at warm-up, when the endpoint is unreachable
         if served and o.model not in served:
             raise ValueError(f"`generate.openai.model` = {o.model!r} is not served at {o.base_url}; "
                              f"served: {', '.join(served)}.")
 
     def _served_models(self, refresh: bool = False) -> list[str]:
-        with self._models_lock:
+        with self._models_lock, secrets_scrubbed(self.cfg.openai.api_key):
             if refresh or time.monotonic() - self._models_at > self.models_ttl_s:
                 self._models = [m.id for m in self._client.models.list()]
                 self._models_at = time.monotonic()
@@ -83,7 +84,8 @@ class OpenAIGenerator(Generator):
             kwargs["extra_body"] = extra
         if stream:
             kwargs.update(stream=True, stream_options={"include_usage": True})
-        return self._client.chat.completions.create(**kwargs)
+        with secrets_scrubbed(self.cfg.openai.api_key):
+            return self._client.chat.completions.create(**kwargs)
 
     @staticmethod
     def _joined(prefix: str, text: str) -> str:
@@ -104,20 +106,21 @@ class OpenAIGenerator(Generator):
         stream = self._request(messages, max_new_tokens, adapter, prefix, stream=True)
         started = False
         try:
-            for chunk in stream:
-                if chunk.usage is not None:
-                    usage.update(prompt_tokens=chunk.usage.prompt_tokens or 0,
-                                 completion_tokens=chunk.usage.completion_tokens or 0)
-                if not chunk.choices:
-                    continue
-                delta = chunk.choices[0].delta.content or ""
-                if not delta:
-                    continue
-                if not started:
-                    started = True
-                    if prefix and self._joined(prefix, delta) != delta:
-                        yield prefix
-                yield delta
+            with secrets_scrubbed(self.cfg.openai.api_key):  # an error event in the stream may echo the key
+                for chunk in stream:
+                    if chunk.usage is not None:
+                        usage.update(prompt_tokens=chunk.usage.prompt_tokens or 0,
+                                     completion_tokens=chunk.usage.completion_tokens or 0)
+                    if not chunk.choices:
+                        continue
+                    delta = chunk.choices[0].delta.content or ""
+                    if not delta:
+                        continue
+                    if not started:
+                        started = True
+                        if prefix and self._joined(prefix, delta) != delta:
+                            yield prefix
+                    yield delta
             if not started and prefix and self.prefill:
                 yield prefix
         finally:
