@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from .auth import ADMIN_HELP, Auth
 from .config import AppConfig, AppConfig_
 from .feedback import TraceLog, export_feedback, record_feedback
+from .ingest import file_size_error, upload_size_error
 from .schema import Answer, Query
 
 logger = logging.getLogger(__name__)
@@ -323,19 +324,22 @@ def _split_messages(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, s
 
 
 async def _read_uploads(files: list[UploadFile], cfg: AppConfig) -> list[tuple[str, bytes, str]]:
-    """(name, bytes, error) per upload, enforcing `ingest.max_file_mb` and `ingest.max_upload_mb` while reading."""
-    per_file, total_max, total = int(cfg.ingest.max_file_mb * 2**20), int(cfg.ingest.max_upload_mb * 2**20), 0
-    out = []
+    """(name, bytes, error) per upload, enforcing `ingest.max_file_mb` (that file is refused, the others go on)
+    and `ingest.max_upload_mb` (the whole upload is refused with 413, before anything is ingested) while reading."""
+    per_file = int(cfg.ingest.max_file_mb * 2**20)
+    out, sizes = [], []
     for f in files:
         name = f.filename or "unnamed"
-        data = await f.read(per_file + 1)
-        if len(data) > per_file:
-            out.append((name, b"", f"{name}: larger than {cfg.ingest.max_file_mb:g} MB (`ingest.max_file_mb`)."))
+        data = await f.read(per_file + 1)  # never more than one file's limit in memory per file
+        size = len(data) if len(data) <= per_file else (f.size or len(data))
+        sizes.append((name, size))
+        error = file_size_error(name, size, cfg.ingest)
+        if error:
+            out.append((name, b"", error))
             continue
-        total += len(data)
-        if total > total_max:
-            raise ApiError(413, f"The upload is larger than {cfg.ingest.max_upload_mb:g} MB in all "
-                                "(`ingest.max_upload_mb`); send fewer files at a time.", "upload_too_large")
+        error = upload_size_error(sizes, cfg.ingest)
+        if error:
+            raise ApiError(413, error, "upload_too_large")
         out.append((name, data, ""))
     return out
 

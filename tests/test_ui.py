@@ -131,6 +131,40 @@ def test_chat_reply_notices_for_long_questions_and_rate_limit(pipeline, kb_cfg):
     assert answer is None and "too fast" in sess["messages"][-1]["content"]
 
 
+def test_chat_session_history_is_capped(pipeline, auth):
+    turns = 2 * pipeline.cfg.app.max_history_turns
+    sess = {**chat.new_session(), "history": [("user" if i % 2 == 0 else "assistant", f"old {i}") for i in range(60)]}
+    sess, answer = _final(chat.reply(pipeline, auth, TraceLog(), "How long does shipping take?", sess))
+    assert answer is not None and len(sess["history"]) == turns
+    assert sess["history"][-2:] == [("user", "How long does shipping take?"), ("assistant", answer.text)]
+    assert sess["history"][0] == ("user", "old 42")  # the oldest turns dropped
+
+
+def test_ingest_uploads_limits_per_file_and_per_upload(kb_cfg, tmp_path):
+    from faq_bot.config import IngestConfig
+    from faq_bot.ui.app import ingest_uploads
+
+    kb = kb_cfg[1]
+    limits = IngestConfig(max_file_mb=10 / 1024, max_upload_mb=20 / 1024)  # 10 KiB per file, 20 KiB per upload
+    before = {d.source for d in kb.store.list_documents()}
+    parts = []
+    for i in range(3):
+        parts.append(tmp_path / f"part-{i}.txt")
+        parts[-1].write_text(f"Part{i} policy. " * 600, encoding="utf-8")  # 8.2 KiB each
+    results = ingest_uploads(kb, [str(p) for p in parts], limits)
+    assert [r.status for r in results] == ["error"]
+    assert "part-2.txt" in results[0].error and "`ingest.max_upload_mb`" in results[0].error
+    assert "nothing was added" in results[0].line()
+    assert {d.source for d in kb.store.list_documents()} == before
+
+    (tmp_path / "huge.txt").write_text("Huge policy. " * 1000, encoding="utf-8")  # 12.7 KiB
+    results = ingest_uploads(kb, [str(tmp_path / "huge.txt"), str(parts[0])], limits)
+    assert results[0].status == "error" and results[0].error.startswith("huge.txt: is 0.0124 MB, over the")
+    assert results[1].status == "added"
+    assert {d.source for d in kb.store.list_documents()} == before | {"part-0.txt"}
+    assert kb.delete_document(results[1].doc_id)
+
+
 def test_chat_like_and_correction_store_feedback(pipeline, auth):
     store = pipeline.kb.store
     sess, answer = _final(chat.reply(pipeline, auth, TraceLog(), "How long does shipping take?", chat.new_session()))

@@ -2,7 +2,8 @@
 
 from faq_bot.ingest.chunking import chunk_blocks
 from faq_bot.ingest.errors import IngestError
-from faq_bot.ingest.readers import DOC_KINDS, FAQ_KINDS, Block, read_document, read_faqs, sniff_kind
+from faq_bot.ingest.readers import (DOC_KINDS, FAQ_KINDS, Block, file_size_error, read_document, read_faqs,
+                                    sniff_kind, upload_size_error)
 
-__all__ = ["Block", "DOC_KINDS", "FAQ_KINDS", "IngestError", "chunk_blocks", "read_document", "read_faqs",
-           "sniff_kind"]
+__all__ = ["Block", "DOC_KINDS", "FAQ_KINDS", "IngestError", "chunk_blocks", "file_size_error", "read_document",
+           "read_faqs", "sniff_kind", "upload_size_error"]

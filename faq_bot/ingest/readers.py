@@ -15,7 +15,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import PreformattedString
@@ -24,7 +24,8 @@ from faq_bot.config import IngestConfig
 from faq_bot.ingest.errors import IngestError, display_name
 from faq_bot.schema import Faq
 
-__all__ = ["Block", "DOC_KINDS", "FAQ_KINDS", "faq_id_for", "read_document", "read_faqs", "sniff_kind"]
+__all__ = ["Block", "DOC_KINDS", "FAQ_KINDS", "faq_id_for", "file_size_error", "read_document", "read_faqs",
+           "sniff_kind", "upload_size_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,38 @@ class _Record:
 
 
 # --- kind and size checks -------------------------------------------------------------------------------------------
+
+
+def upload_size_error(files: Sequence[tuple[str, int]], cfg: IngestConfig | None = None) -> str | None:
+    """Why one upload of several files is refused as a whole, or None when it fits.
+
+    Args:
+        files: (name, size in bytes) of each file, in upload order.
+
+    Each file must fit `ingest.max_file_mb` (files over it are named; the others are still added) and all of
+    them together `ingest.max_upload_mb` (checked here: the message names the file at which the total passes
+    the limit, and nothing of the upload is added).
+    """
+    cfg = cfg or IngestConfig()
+    total = 0
+    for name, size in files:
+        if size > cfg.max_file_mb * _MB:
+            continue  # refused on its own, with its own message
+        total += size
+        if total > cfg.max_upload_mb * _MB:
+            return (f"The upload is over the {cfg.max_upload_mb:g} MB limit for all files together "
+                    f"(`ingest.max_upload_mb`) at {display_name(name)}; nothing was added. "
+                    "Send fewer files at a time.")
+    return None
+
+
+def file_size_error(name: str, size: int, cfg: IngestConfig | None = None) -> str | None:
+    """The refusal of one file over `ingest.max_file_mb`, naming it, or None."""
+    cfg = cfg or IngestConfig()
+    if size <= cfg.max_file_mb * _MB:
+        return None
+    return (f"{display_name(name)}: is {size / _MB:.3g} MB, over the {cfg.max_file_mb:g} MB limit "
+            "(`ingest.max_file_mb`); split it into smaller files.")
 
 
 def sniff_kind(data: bytes, name: str, cfg: IngestConfig | None = None) -> str:

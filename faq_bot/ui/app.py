@@ -11,14 +11,15 @@ from pathlib import Path
 import gradio as gr
 
 from ..auth import ADMIN_HELP, Auth
-from ..config import AppConfig
+from ..config import AppConfig, IngestConfig
 from ..feedback import TraceLog, export_feedback
-from ..knowledge import SUPPORTED_SUFFIXES
+from ..ingest import file_size_error, upload_size_error
+from ..knowledge import SUPPORTED_SUFFIXES, IngestResult
 from . import chat as chat_mod
 from . import evaluation, render, training
 from .guard import AdminContext, client_of
 
-__all__ = ["build_app", "CSS"]
+__all__ = ["build_app", "CSS", "ingest_uploads"]
 
 N_SUGGESTIONS = 3
 _RATINGS = {"all": None, "thumbs up": 1, "thumbs down": -1}
@@ -34,6 +35,20 @@ CSS = """
 #suggestions button { font-size: 0.85em; }
 #suggest-label { font-size: 0.9em; color: var(--body-text-color-subdued); }
 """
+
+
+def ingest_uploads(kb, paths: list, cfg: IngestConfig, each=lambda xs: xs) -> list[IngestResult]:
+    """The Knowledge tab's upload: refused as a whole when the files together pass `ingest.max_upload_mb` (one
+    result per file, nothing added); a file over `ingest.max_file_mb` is refused by name without being read."""
+    files = [(Path(p), Path(p).stat().st_size) for p in paths]
+    refusal = upload_size_error([(p.name, size) for p, size in files], cfg)
+    if refusal:
+        return [IngestResult(p.name, "error", error=refusal) for p, _ in files[:1]]
+    results = []
+    for p, size in each(files):
+        error = file_size_error(p.name, size, cfg)
+        results.append(IngestResult(p.name, "error", error=error) if error else kb.ingest_bytes(p.read_bytes(), p.name))
+    return results
 
 
 def build_app(pipeline, cfg: AppConfig | None = None, auth: Auth | None = None, *,
@@ -188,8 +203,8 @@ def build_app(pipeline, cfg: AppConfig | None = None, auth: Auth | None = None, 
 
         def ingest(paths, tok, progress=gr.Progress()):
             admin.require(tok)
-            results = [kb.ingest_bytes(Path(p).read_bytes(), Path(p).name)
-                       for p in progress.tqdm(paths or [], desc="Adding files")]
+            results = ingest_uploads(kb, paths or [], cfg.ingest,
+                                     each=lambda xs: progress.tqdm(xs, desc="Adding files"))
             return render.ingest_markdown(results), None
 
         def delete(doc_id, tok):

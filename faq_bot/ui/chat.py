@@ -66,7 +66,9 @@ def reply(pipeline, auth: Auth, traces: TraceLog, question: str, session: dict, 
     traces.add(answer)
     final = {**session,
              "messages": [*messages, _assistant(render.answer_markdown(answer))],
-             "history": [*session["history"], ("user", question), ("assistant", answer.text)],
+             # what the pipeline gets is capped by build_query; the session keeps no more than that either
+             "history": [*session["history"], ("user", question),
+                         ("assistant", answer.text)][-2 * pipeline.cfg.app.max_history_turns:],
              "answers": {**session["answers"], len(messages): answer.model_dump(mode="json")},
              "last_trace": answer.trace.id}
     yield final, answer
