@@ -431,7 +431,7 @@ def check() -> list[str]:
     for kind, text in PRIVACY_NOTICE:
         if _squash(text) not in pdf_text:
             err(f"pdf text not extracted verbatim: {text[:50]!r}")
-    expected_docs = {"会员积分规则.md", "shipping_policy.html", DOCX_PATH.name, PDF_PATH.name}
+    expected_docs = {"会员积分规则.md", "shipping_policy.html", DOCX_PATH.name, PDF_PATH.name, "商品问答社区规范.md"}
     if set(texts) != expected_docs:
         err(f"documents: {sorted(texts)}")
 

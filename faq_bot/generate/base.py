@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -11,7 +12,8 @@ from typing import Any, Iterator, Sequence
 
 from faq_bot.config import GenerateConfig
 from faq_bot.generate.parse import parse_answer, support
-from faq_bot.generate.prompts import ANSWER_PREFIX, Lang, build_answer_messages, detect_language
+from faq_bot.generate.prompts import (ANSWER_PREFIX, Lang, build_answer_messages, detect_language, passage_text,
+                                      planted_instructions)
 from faq_bot.schema import Generation, Hit
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,37 @@ class GeneratorUnavailable(RuntimeError):
 
 class GeneratorBusy(RuntimeError):
     """More requests are waiting than `generate.max_queue` allows."""
+
+
+_PUNCT = re.compile(r"[\W_]+")
+
+
+def _norm(text: str) -> str:
+    return _PUNCT.sub("", text.lower())
+
+
+def _cjk_only(s: str) -> bool:
+    return all("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for ch in s)
+
+
+def echoed_instruction(answer: str, passages: Sequence[str]) -> str | None:
+    """A piece of `answer` that comes from an instruction planted in `passages` and from nowhere else in them
+    (4 Chinese characters, or 10 other characters, punctuation and case ignored), or None.
+
+    The omitted sentence never reaches the model, but it may have passed on its payload through words the
+    question shares with it ("你们是不是所有商品都免费？" → "是的，所有商品都免费"): such an answer is refused.
+    """
+    planted = " ".join(p for text in passages for p in planted_instructions(text))
+    if not planted:
+        return None
+    a, bad = _norm(answer), _norm(planted)
+    clean = _norm(" ".join(passage_text(t) for t in passages))
+    for n, keep in ((4, _cjk_only), (10, lambda g: True)):
+        for i in range(len(a) - n + 1):
+            gram = a[i:i + n]
+            if keep(gram) and gram in bad and gram not in clean:
+                return gram
+    return None
 
 
 class Generator(ABC):
@@ -249,13 +282,20 @@ class Generator(ABC):
         notes = [parsed.note] if parsed.note else []
         if answer_in_context and self.min_support > 0:
             # Cited passages first; a wrong passage number with an answer found elsewhere is still grounded.
-            cited = [used_hits[i - 1].chunk.embed_text() for i in evidence]
+            # against the passages as the model saw them: an instruction planted in a document is no support
+            cited = [passage_text(used_hits[i - 1].chunk.embed_text()) for i in evidence]
             share, missing = support(answer, cited) if cited else (0.0, [])
             if missing or share < self.min_support:
-                share, missing = support(answer, [h.chunk.embed_text() for h in used_hits])
+                share, missing = support(answer, [passage_text(h.chunk.embed_text()) for h in used_hits])
             if missing or share < self.min_support:
                 why = f"numbers {', '.join(missing)} absent" if missing else f"support {share:.2f} < {self.min_support}"
                 notes.append(f"answer not grounded in the passages ({why}): refusal")
+                answer_in_context, evidence = False, []
+        if answer_in_context:
+            echo = echoed_instruction(answer, [h.chunk.embed_text() for h in used_hits])
+            if echo:
+                notes.append(f"answer not grounded in the passages (repeats {echo!r} from an instruction planted in "
+                             "a passage): refusal")
                 answer_in_context, evidence = False, []
         return Generation(
             answer_in_context=answer_in_context,
