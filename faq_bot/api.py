@@ -234,7 +234,12 @@ def create_app(pipeline, cfg: AppConfig | None = None, *, auth: Auth | None = No
 
     @app.delete("/api/admin/documents/{doc_id}", dependencies=[Depends(admin)])
     async def delete_document(doc_id: str) -> dict:
-        if not await run_in_threadpool(kb.delete_document, doc_id):
+        try:
+            found = await run_in_threadpool(kb.delete_document, doc_id)
+        except OSError as e:  # disk full while the index files were rewritten: the store rolled back
+            raise ApiError(507, f"Could not delete `{doc_id}`: {e.strerror or e}; nothing changed. Free some disk "
+                                "space and try again.", "insufficient_storage") from e
+        if not found:
             raise ApiError(404, f"No document with id `{doc_id}`; GET /api/admin/documents lists them.", "not_found")
         return {"deleted": doc_id, "stats": kb.stats()}
 

@@ -107,6 +107,25 @@ def test_disk_full_during_delete_keeps_the_document(kb, monkeypatch, point):
     assert kb.delete_document(doc.id) and _consistent(KnowledgeBase(kb.cfg))
 
 
+def test_disk_full_during_delete_over_the_api_is_a_clear_507(kb, monkeypatch):
+    from faq_bot.api import create_app
+
+    cfg = kb.cfg.model_copy(deep=True)
+    cfg.app.admin_password = "disk-full-admin"
+    doc = kb.store.find_document_by_source("points.md")
+    before = _snapshot(kb)
+    with TestClient(create_app(Pipeline(cfg, kb), cfg, auth=Auth(cfg, environ={}), ui=False)) as c:
+        assert c.post("/api/admin/login", json={"password": "disk-full-admin"}).status_code == 200
+        with monkeypatch.context() as m:
+            _fill_disk(m, "faiss")
+            r = c.delete(f"/api/admin/documents/{doc.id}")
+        assert r.status_code == 507, r.text
+        msg = r.json()["error"]["message"]
+        assert doc.id in msg and "No space left" in msg and "nothing changed" in msg
+        assert _snapshot(kb) == before and _consistent(kb)
+        assert c.delete(f"/api/admin/documents/{doc.id}").status_code == 200
+
+
 # ---------------------------------------------------------------------------------------------- BM25 / reranker
 def test_bm25_file_missing_or_corrupt_is_rebuilt_at_start(kb):
     bm25 = kb.index_dir / "chunk.bm25"
