@@ -32,12 +32,13 @@ def main() -> None:
 
     import uvicorn
 
-    from faq_bot.api import create_app
+    from faq_bot.api import apply_server_threads, create_app
     from faq_bot.config import load_config
     from faq_bot.knowledge import KnowledgeBase
     from faq_bot.pipeline import Pipeline
 
     cfg = load_config(overrides=json.loads(args.overrides), environ={})
+    cfg = apply_server_threads(cfg)  # as `python -m faq_bot serve` does
     pipeline = Pipeline(cfg, KnowledgeBase(cfg))
     pipeline.warm_up(generator=args.rag, background=False)
     app = create_app(pipeline, cfg, ui=False)

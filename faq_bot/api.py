@@ -289,12 +289,31 @@ def serve(cfg: AppConfig, host: str | None = None, port: int | None = None) -> N
     from .knowledge import KnowledgeBase
     from .pipeline import Pipeline
 
+    cfg = apply_server_threads(cfg)
     pipeline = Pipeline(cfg, KnowledgeBase(cfg))
     pipeline.warm_up()  # encoders and indexes now; the generator loads in a background thread
     app = create_app(pipeline, cfg)
     host, port = host or cfg.app.host, port or cfg.app.port
     print(f"FAQ Bot running on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def apply_server_threads(cfg: AppConfig) -> AppConfig:
+    """Cap every compute library of this process at `app.threads` (torch intra-op, faiss OpenMP, numpy BLAS, the
+    encoders); returns the config with `embed.threads` capped too. Servers only: a CLI ingest keeps all cores."""
+    n = cfg.app.threads
+    if n is None:
+        return cfg
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    threadpool_limits(limits=n)
+    cfg = cfg.model_copy(deep=True)
+    cfg.embed.threads = min(cfg.embed.threads, n)
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -184,6 +184,10 @@ class AppConfig_(_Section):
     max_question_chars: int = Field(1000, gt=0)
     max_history_turns: int = Field(10, gt=0)
     rate_limit_per_min: int = Field(60, gt=0, description="Chat/API requests per client per minute.")
+    threads: int | None = Field(
+        1, gt=0, description="Server process only: threads for torch, faiss, numpy BLAS and the encoders. 1 stops "
+        "concurrent requests oversubscribing the cores (bench/README: FAQ p95 while a generation runs 149 -> "
+        "10.9 ms on 2 cores); null = each library's default.")
 
 
 class TrainConfig(_Section):

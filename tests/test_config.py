@@ -1,5 +1,7 @@
 """Config: defaults load, overrides apply, bad and unknown keys fail naming the key."""
 
+from pathlib import Path
+
 import pytest
 
 from faq_bot.config import load_config
@@ -40,3 +42,27 @@ def test_config_cross_field_check():
 def test_config_secret_is_masked_in_dump():
     cfg = load_config(overrides={"app.admin_password": "hunter2"})
     assert "hunter2" not in str(cfg.dump())
+
+
+def test_server_thread_cap_applies_to_every_library_in_a_fresh_process():
+    """`app.threads` caps torch, faiss, BLAS and the encoders of a server process (run in a subprocess so the
+    test session keeps its own thread counts)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import faiss, torch, threadpoolctl\n"
+        "from faq_bot.config import load_config\n"
+        "from faq_bot.api import apply_server_threads\n"
+        "cfg = load_config(overrides={'embed.threads': 4}, environ={})\n"
+        "out = apply_server_threads(cfg)\n"
+        "blas = {i['num_threads'] for i in threadpoolctl.threadpool_info()}\n"
+        "print(torch.get_num_threads(), faiss.omp_get_max_threads(), out.embed.threads, cfg.embed.threads, max(blas or {1}))\n"
+        "off = apply_server_threads(load_config(overrides={'app.threads': None}, environ={}))\n"
+        "print(off.embed.threads)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, second = r.stdout.split("\n")[:2]
+    assert first.split() == ["1", "1", "1", "4", "1"]
+    assert second == "2"  # null: untouched (the section default)
