@@ -189,9 +189,9 @@ def tokenize(text: str, lang: str | None = None) -> list[str]:
     """Lower-cased tokens: jieba words for Chinese (`lang="zh"` or CJK present), else words and punctuation."""
     text = text.lower()
     if lang == "zh" or (lang is None and _CJK.search(text)):
-        import jieba  # lazy: builds its dictionary on first use
+        from faq_bot.index.tokenize import _get_jieba  # lazy, quiet, built once
 
-        return [t for t in jieba.lcut(text) if t.strip()]
+        return [t for t in _get_jieba().lcut(text) if t.strip()]
     return _WORD.findall(text)
 
 

@@ -14,6 +14,8 @@ import numpy as np
 from faq_bot.index._atomic import atomic_write
 from faq_bot.index.tokenize import TOKENIZER_VERSION, tokenize
 
+logging.getLogger("bm25s").setLevel(logging.NOTSET)  # bm25s pins its logger at DEBUG: follow the app's level
+
 __all__ = ["BM25Index"]
 
 logger = logging.getLogger(__name__)
