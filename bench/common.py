@@ -42,6 +42,16 @@ def ms_since(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
+def best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """Fastest of `repeats` timed calls of `fn`, in seconds (for rate probes: copy bandwidth, GEMM flops)."""
+    best = math.inf
+    for _ in range(repeats):
+        t0 = now()
+        fn()
+        best = min(best, now() - t0)
+    return best
+
+
 def summarize(ms: Sequence[float]) -> dict[str, Any]:
     """n, p50, p95, p99, mean, min, max of latencies in ms (linear-interpolated percentiles)."""
     if not len(ms):

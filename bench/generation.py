@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import PartContext, figure, now
+from .common import PartContext, best_time, figure, now
 from .data import ZhEnVocab
 
 logger = logging.getLogger(__name__)
@@ -24,24 +24,14 @@ def copy_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 4) -> float:
     """Bytes moved per second (read + write) by a large numpy copy, best of `repeats`."""
     src = np.ones(nbytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = now()
-        np.copyto(dst, src)
-        best = min(best, now() - t0)
-    return 2 * src.nbytes / best
+    return 2 * src.nbytes / best_time(lambda: np.copyto(dst, src), repeats)
 
 
 def _bf16_gemm_flops(torch) -> float:
     a = torch.randn(512, 896, dtype=torch.bfloat16)
     b = torch.randn(896, 4864, dtype=torch.bfloat16)
     a @ b
-    best = math.inf
-    for _ in range(3):
-        t0 = now()
-        a @ b
-        best = min(best, now() - t0)
-    return 2 * 512 * 896 * 4864 / best
+    return 2 * 512 * 896 * 4864 / best_time(lambda: a @ b)
 
 
 def weight_bytes_per_token(model) -> int:

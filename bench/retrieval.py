@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .common import PartContext, faiss_threads, figure, fmt, fmt_n, now, rss_bytes, summarize, temp_dir, time_calls
+from .common import PartContext, best_time, faiss_threads, figure, fmt, fmt_n, now, rss_bytes, summarize, temp_dir, time_calls
 from .data import Mixture, ZhEnVocab, exact_topk, recall_at_k
 
 logger = logging.getLogger(__name__)
@@ -27,12 +27,7 @@ def _gemm_gflops() -> float:
     a = np.random.default_rng(0).standard_normal((2048, DIM), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((DIM, 4096), dtype=np.float32)
     a @ b
-    best = math.inf
-    for _ in range(3):
-        t0 = now()
-        a @ b
-        best = min(best, now() - t0)
-    return 2 * 2048 * DIM * 4096 / best / 1e9
+    return 2 * 2048 * DIM * 4096 / best_time(lambda: a @ b) / 1e9
 
 
 def _ivf_plan(n: int, nlist: int | None) -> tuple[int, int]:
