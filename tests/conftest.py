@@ -7,12 +7,28 @@ from pathlib import Path
 
 import pytest
 
+from faq_bot.generate import Generator
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("FAQ_BOT_DATA_DIR", ROOT.parent / "shared" / "data"))
 # Model ids as constants, overridable by env (STYLE.md).
 FAQ_ENCODER = os.environ.get("FAQ_BOT_TEST_FAQ_ENCODER", "usem3")
 DOC_ENCODER = os.environ.get("FAQ_BOT_TEST_DOC_ENCODER", "e5-small")
 GENERATOR = os.environ.get("FAQ_BOT_TEST_GENERATOR", "qwen2.5-coder-0.5b-instruct")
+
+
+class ModellessGenerator(Generator):
+    """A `Generator` without a model: loads instantly and has no adapters; subclasses give `_chat` /
+    `_chat_stream` (the checks around the model, tested without one)."""
+
+    def _load(self):
+        pass
+
+    def adapters(self):
+        return []
+
+    def _check_adapter(self, adapter):
+        raise ValueError(adapter)
 
 
 def pytest_configure(config):

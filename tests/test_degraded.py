@@ -12,13 +12,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from faq_bot.auth import Auth
-from faq_bot.generate import Generator, load_generator
+from faq_bot.generate import load_generator
 from faq_bot.index import BM25Index, FaissIndex
 from faq_bot.knowledge import KnowledgeBase
 from faq_bot.pipeline import Pipeline
 from faq_bot.schema import Query
 
-from conftest import make_config
+from conftest import ModellessGenerator, make_config
 
 FAQ_CSV = "id,question,answer,similar_questions\nf1,怎么退货,在订单页申请退货,如何退货||退货流程\nf2,运费多少,满99元包邮,邮费怎么算\n"
 DOC_MD = "# 积分规则\n## 兑换\n积分可以兑换优惠券，100积分抵1元。\n## 过期\n积分每年12月31日清零。\n"
@@ -212,17 +212,8 @@ def test_generator_missing_over_the_api(degraded, degraded_kb):
         assert doc["kind"] == "error" and doc["text"] == degraded.limited_text("zh")
 
 
-class _CrashingGenerator(Generator):
+class _CrashingGenerator(ModellessGenerator):
     """Loads fine, then fails in the middle of every generation (a CUDA error, a dead endpoint, ...)."""
-
-    def _load(self):
-        pass
-
-    def adapters(self):
-        return []
-
-    def _check_adapter(self, adapter):
-        raise ValueError(adapter)
 
     def _chat(self, messages, *, max_new_tokens, adapter, prefix="", usage=None):
         raise RuntimeError("device-side assert triggered")
