@@ -23,10 +23,10 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
-PARTS = ("faq", "retrieval", "ingest", "generation", "concurrency")
+PARTS = ("faq", "retrieval", "ingest", "generation", "concurrency", "load")
 # Share of the run's time budget each part may use (unused time rolls over to the parts after it).
-WEIGHTS_FULL = {"faq": 0.22, "retrieval": 0.30, "ingest": 0.12, "generation": 0.16, "concurrency": 0.20}
-WEIGHTS_QUICK = {"faq": 0.34, "retrieval": 0.26, "ingest": 0.15, "generation": 0.0, "concurrency": 0.25}
+WEIGHTS_FULL = {"faq": 0.18, "retrieval": 0.24, "ingest": 0.09, "generation": 0.13, "concurrency": 0.15, "load": 0.21}
+WEIGHTS_QUICK = {"faq": 0.28, "retrieval": 0.22, "ingest": 0.12, "generation": 0.0, "concurrency": 0.2, "load": 0.18}
 BUDGET_FULL_S = 14 * 60  # the whole `make bench` must end inside 15 minutes on 2 cores
 BUDGET_QUICK_S = 165  # `--quick` must end inside 3 minutes
 VERSION_PACKAGES = ("numpy", "faiss-cpu", "bm25s", "rank-bm25", "jieba", "llama-index-core", "torch", "transformers",

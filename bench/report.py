@@ -15,6 +15,7 @@ TITLES = {
     "ingest": "Ingestion",
     "generation": "Generation (default model)",
     "concurrency": "Concurrency (real HTTP API)",
+    "load": "Mixed load (real HTTP API: 32 clients, FAQ + RAG + feedback + admin uploads)",
 }
 
 INTRO = """# Benchmarks

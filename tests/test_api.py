@@ -3,15 +3,11 @@ limits, feedback. Also the auth and feedback helpers the API is built on."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
+from conftest import serving
 
 from faq_bot.api import create_app
 from faq_bot.auth import Auth, RateLimiter
@@ -40,27 +36,6 @@ Damage caused by water, drops or unauthorized repair shops is not covered by the
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-@contextlib.contextmanager
-def serving(app):
-    """Run `app` with uvicorn on a free 127.0.0.1 port in a thread; yields the base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def kb_cfg(tmp_path_factory, faq_encoder, doc_encoder, tiny_lm_dir):
     d = tmp_path_factory.mktemp("api_kb")
@@ -247,6 +222,28 @@ def test_api_history_is_capped_before_the_pipeline(url, pipeline, monkeypatch):
     for query in seen:  # app.max_history_turns = 10 by default; each message cut to 4 x max_question_chars
         assert len(query.history) == 20 and query.history[-1][1].startswith("message 99")
         assert all(len(c) <= 4 * 200 for _, c in query.history)
+
+
+def test_api_oversized_body_is_413_before_it_is_parsed(url, pipeline, monkeypatch):
+    seen = []
+    monkeypatch.setattr(pipeline, "answer", lambda query, **kw: seen.append(query))
+    history = [["user", "x" * 100_000] for _ in range(12)]  # 1.2 MB of JSON, over app.max_request_kb = 1024
+    r = _ask(url, "How do I return an item?", history=history)
+    assert r.status_code == 413, r.text
+    assert "`app.max_request_kb`" in r.json()["detail"] and r.json()["error"]["code"] == "request_too_large"
+
+    def chunked():  # no Content-Length: counted while it arrives
+        yield b'{"question": "How do I return an item?", "history": [["user", "'
+        for _ in range(20):
+            yield b"y" * 65_536
+        yield b'"]]}'
+
+    r = httpx.post(f"{url}/v1/chat/completions", content=chunked(), headers={"Content-Type": "application/json"},
+                   timeout=60)
+    assert r.status_code == 413, r.text
+    assert seen == []  # nothing reached the pipeline
+    monkeypatch.undo()
+    assert _ask(url, "How do I return an item?").status_code == 200  # and the server goes on
 
 
 # ---------------------------------------------------------------------------------------------- uploads

@@ -3,14 +3,11 @@ feedback table, and no script execution from document text. Saves docs/chat.png 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from conftest import serving
 
 CHROMIUM = os.environ.get("FAQ_BOT_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,27 +29,6 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
                "--disable-sync", "--no-first-run"]
 
 pytestmark = pytest.mark.browser
-
-
-@contextlib.contextmanager
-def serving(app):
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture(scope="session")  # session scope: resolved before the (session-scoped) models, so a skip is instant
