@@ -102,6 +102,70 @@ class FeedbackRequest(BaseModel):
     correction: str = ""
 
 
+# ---------------------------------------------------------------------------------------------- body limit
+class BodyLimit:
+    """ASGI middleware: a JSON request to /api or /v1 over `max_bytes` gets 413 before its body is parsed
+    (by Content-Length, or by counting a chunked body as it arrives), so a huge history or question costs
+    neither memory nor a JSON parse. Uploads (`/api/admin/ingest`) have their own limits while reading."""
+
+    EXEMPT = ("/api/admin/ingest",)
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(("/api/", "/v1/")) or path.startswith(self.EXEMPT):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(scope, send)
+        seen = 0
+        refused = False
+
+        async def counting_receive():
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    refused = True
+                    raise _BodyTooLarge
+            return message
+
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            if refused:  # the app's own reply to the cut-off body (FastAPI: 400 "error parsing the body")
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except Exception:
+            if not refused:
+                raise
+        if refused and not started:
+            await self._refuse(scope, send)
+
+    async def _refuse(self, scope, send):
+        kb = self.max_bytes // 1024
+        msg = f"Request body over {kb} KB (`app.max_request_kb`): send a shorter question or less history."
+        resp = JSONResponse({"detail": msg, "error": {"message": msg, "type": _error_type(413),
+                                                      "code": "request_too_large"}}, status_code=413)
+        await resp(scope, _no_receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _no_receive():
+    return {"type": "http.disconnect"}
+
+
 # ---------------------------------------------------------------------------------------------- the app
 def create_app(pipeline, cfg: AppConfig | None = None, *, auth: Auth | None = None, traces: TraceLog | None = None,
                ui: bool = True) -> FastAPI:
@@ -111,6 +175,7 @@ def create_app(pipeline, cfg: AppConfig | None = None, *, auth: Auth | None = No
     traces = traces if traces is not None else TraceLog()
     kb, store = pipeline.kb, pipeline.kb.store
     app = FastAPI(title="FAQ Bot", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=cfg.app.max_request_kb * 1024)
     app.state.pipeline, app.state.auth, app.state.traces = pipeline, auth, traces
 
     @app.exception_handler(ApiError)

@@ -183,6 +183,8 @@ class AppConfig_(_Section):
     lockout_s: int = Field(300, gt=0)
     max_question_chars: int = Field(1000, gt=0)
     max_history_turns: int = Field(10, gt=0)
+    max_request_kb: int = Field(1024, gt=0, description="Largest JSON body of /api and /v1 requests (not uploads, "
+                                "which have `ingest.max_upload_mb`); larger ones get 413 before they are read.")
     rate_limit_per_min: int = Field(60, gt=0, description="Chat/API requests per client per minute.")
     threads: int | None = Field(
         1, gt=0, description="Server process only: threads for torch, faiss, numpy BLAS and the encoders. 1 stops "
