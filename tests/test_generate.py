@@ -323,6 +323,24 @@ def test_adapters_change_outputs_and_base_is_restored(tiny_cfg, adapter_registry
         gen.generate("退货运费谁承担？", HITS, adapter="nope")
 
 
+def test_prefix_cache_keeps_greedy_output_per_adapter(tiny_cfg, adapter_registry):
+    plain = load_generator(tiny_cfg.model_copy(update={"prefix_cache": False, "max_new_tokens": 12}))
+    cached = load_generator(tiny_cfg.model_copy(update={"prefix_cache": True, "max_new_tokens": 12}))
+    assert plain.warm_up() and cached.warm_up()
+    state = cached._state
+    state.prefixes.clear()
+    hits0 = state.prefix_hits
+    for adapter in (None, "a1"):
+        want = plain.generate("退货运费谁承担？", HITS, adapter=adapter).raw
+        assert cached.generate("退货运费谁承担？", HITS, adapter=adapter).raw == want  # computes the system KV
+        assert cached.generate("退货运费谁承担？", HITS, adapter=adapter).raw == want  # reuses it
+        *_, final = cached.stream("退货运费谁承担？", HITS, adapter=adapter)
+        assert final.raw == want
+    assert state.prefix_hits - hits0 == 4  # 2 reuses per model variant
+    assert len(state.prefixes) == 2 and {k[0] == "" for k in state.prefixes} == {True, False}  # base, a1: apart
+    assert plain.generate("退货运费谁承担？", HITS, adapter="a1").raw != plain.generate("退货运费谁承担？", HITS).raw
+
+
 def test_adapter_dir_without_adapter_subfolder_is_accepted(tiny_cfg, adapter_registry):
     flat = adapter_registry / "a2"
     flat.mkdir()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,9 @@ class _ModelState:
     lock: threading.RLock = field(default_factory=threading.RLock)
     peft: Any = None
     loaded: dict[str, str] = field(default_factory=dict)  # peft adapter key -> resolved adapter path
+    # (peft adapter key or "", system prompt token ids) -> KV cache of those tokens; the LoRA weights change K/V
+    prefixes: "OrderedDict[tuple, Any]" = field(default_factory=OrderedDict)
+    prefix_hits: int = 0
 
 
 _states: "weakref.WeakKeyDictionary[Any, _ModelState]" = weakref.WeakKeyDictionary()
@@ -133,7 +138,9 @@ class TransformersGenerator(Generator):
         else:
             state.peft.load_adapter(resolved, adapter_name=key, is_trainable=False)
         for old, old_path in list(state.loaded.items()):
-            if old_path == resolved:  # the run was retrained in place: drop the stale weights
+            if old_path == resolved:  # the run was retrained in place: drop the stale weights (and their KV)
+                for k in [k for k in state.prefixes if k[0] == old]:
+                    del state.prefixes[k]
                 if state.peft.active_adapter == old:
                     state.peft.set_adapter(key, inference_mode=True)
                 state.peft.delete_adapter(old)
@@ -181,13 +188,41 @@ class TransformersGenerator(Generator):
         text = render_prompt(messages, self._tok) + prefix
         return self._tok(text, return_tensors="pt", add_special_tokens=False).to(self._model.device)
 
+    _MAX_PREFIXES = 8
+
+    def _prefix_kwargs(self, messages: list[dict], enc: Any, adapter: str | None) -> dict[str, Any]:
+        """`past_key_values` holding the system prompt's KV cache when the system turn is a token prefix of the
+        prompt (computed once per adapter and system prompt; the caller holds the lock with `adapter` active).
+        Greedy output is unchanged: the cached keys/values are those a full prefill computes."""
+        if not self.cfg.prefix_cache or not messages or messages[0].get("role") != "system":
+            return {}
+        state = self._state
+        system = self._tok.apply_chat_template(messages[:1], tokenize=False)
+        sys_ids = self._tok(system, add_special_tokens=False)["input_ids"]
+        ids = enc["input_ids"][0]
+        n = len(sys_ids)
+        if n == 0 or n >= ids.shape[0] or ids[:n].tolist() != sys_ids:
+            return {}
+        key = ("" if adapter is None else self._ensure_adapter(adapter), tuple(sys_ids))
+        cache = state.prefixes.get(key)
+        if cache is None:
+            cache = self._model(input_ids=ids[:n].unsqueeze(0), use_cache=True).past_key_values
+            state.prefixes[key] = cache
+            while len(state.prefixes) > self._MAX_PREFIXES:
+                state.prefixes.popitem(last=False)
+        else:
+            state.prefixes.move_to_end(key)
+            state.prefix_hits += 1
+        return {"past_key_values": copy.deepcopy(cache)}
+
     def _chat(self, messages, *, max_new_tokens, adapter, prefix="", usage):
         import torch
 
         enc = self._encode(messages, prefix)
         n_prompt = enc["input_ids"].shape[1]
         with self._state.lock, torch.inference_mode(), self._activate(adapter):
-            out = self._model.generate(**enc, **self._gen_kwargs(max_new_tokens))
+            out = self._model.generate(**enc, **self._gen_kwargs(max_new_tokens),
+                                       **self._prefix_kwargs(messages, enc, adapter))
         new = out[0, n_prompt:]
         usage.update(prompt_tokens=n_prompt, completion_tokens=int(new.shape[0]))
         return prefix + self._tok.decode(new, skip_special_tokens=True)
@@ -212,7 +247,8 @@ class TransformersGenerator(Generator):
             try:
                 with state.lock, torch.inference_mode(), self._activate(adapter):
                     out = self._model.generate(**enc, **self._gen_kwargs(max_new_tokens), streamer=streamer,
-                                               stopping_criteria=StoppingCriteriaList([_Cancelled()]))
+                                               stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                                               **self._prefix_kwargs(messages, enc, adapter))
                 result["completion_tokens"] = int(out.shape[1] - n_prompt)
             except BaseException as e:  # re-raised in the consuming thread below
                 result["error"] = e
