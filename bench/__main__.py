@@ -45,22 +45,41 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-report", action="store_true", help="do not rebuild bench/README.md")
     p.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="faq: FAQ question counts; retrieval: vector counts (default: the part's own)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="faq: a config override for the measured matcher (YAML value, repeatable), e.g. "
+                        "--set 'faq.extra_encoders=[e5-small]'; shown in every figure's label")
     p.add_argument("--tag", default="", help="suffix of the result files (bench/results/PART-TAG.json), to keep a "
                                             "special run (e.g. a long budget) beside the regular one")
     p.add_argument("--command", default=None, help=argparse.SUPPRESS)  # the parent's command, recorded by children
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    try:
+        args.overrides = dict(_override(o) for o in args.overrides)
+    except ValueError as e:
+        p.error(str(e))
     bad = [x for x in args.parts if x not in (*PARTS, "report")]
     if bad:
         p.error(f"unknown part(s) {', '.join(bad)}; choose from {', '.join(PARTS)} or report")
     return args
 
 
+def _override(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. faq.head=none")
+    return key.strip(), yaml.safe_load(value)
+
+
 def run_part(part: str, quick: bool, budget_s: float, command: str, tag: str = "",
-             sizes: list[int] | None = None) -> bool:
+             sizes: list[int] | None = None, overrides: dict | None = None) -> bool:
     """Run one part in this process and write its result file; True when it finished without error."""
     res = Result(part, quick, budget_s, command, tag)
-    ctx = PartContext(quick=quick, budget=Budget(budget_s), result=res, options={"sizes": sizes} if sizes else {})
+    options = {"sizes": sizes} if sizes else {}
+    if overrides:
+        options["overrides"] = overrides
+    ctx = PartContext(quick=quick, budget=Budget(budget_s), result=res, options=options)
     mod = importlib.import_module(f"bench.{part}")
     logger.info("part %s%s: budget %.0f s", part, " (quick)" if quick else "", budget_s)
     try:
@@ -88,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.sizes and len(parts) != 1:
         logger.error("--sizes applies to one part at a time (faq or retrieval)")
         return 2
+    if args.overrides and parts != ["faq"]:
+        logger.error("--set applies to the faq part alone (python -m bench faq --set KEY=VALUE)")
+        return 2
     if len(parts) == 1 or args.child:
         for part in parts:
-            ok &= run_part(part, args.quick, total, command, args.tag, args.sizes)
+            ok &= run_part(part, args.quick, total, command, args.tag, args.sizes, args.overrides)
     else:
         ok = _run_children(parts, args.quick, total, weights, command, args.tag)
     if not args.no_report and not args.child:

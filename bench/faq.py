@@ -87,7 +87,8 @@ def _one_size(ctx: PartContext, n: int, faqs, stream: QueryStream, model: str, h
     res.raw.setdefault("sizes", {})[tag] = raw
     rounds = 40 if quick else 150
     peer_cap, peer_cap_s = (6, 5.0) if quick else (40, 25.0)
-    over = {"faq.head": head} if head else {}
+    extra = ctx.options.get("overrides") or {}
+    over = {**extra, **({"faq.head": head} if head else {})}
     with temp_dir("faq") as d:
         cfg = bench_config(d, **over)
         kb = KnowledgeBase(cfg)
@@ -156,7 +157,7 @@ def _one_size(ctx: PartContext, n: int, faqs, stream: QueryStream, model: str, h
     hit_rate = decisions.count("answer") / len(decisions) if decisions else float("nan")
     raw.update(miss_ms=s, cached_ms=sc, hit_rate=round(hit_rate, 3), exact_matches=exact,
                suggest_rate=round(decisions.count("suggest") / max(1, len(decisions)), 3))
-    head_note = f" [faq.head={head}]" if head else ""
+    head_note = "".join(f" [{k}={v}]" for k, v in over.items())
     target = TARGET_P95_MS.get(n)
     tgt = f"≤ {target:g} ms" if target else ""
     chk = (lambda v, r, t=target: v <= t) if target else None
