@@ -118,6 +118,16 @@ def serving(app):
         sock.close()
 
 
+def warm_pipeline(cfg, kb):
+    """A Pipeline over `kb` with the configured generator loaded and every stage warmed up (no lazy first call)."""
+    from faq_bot.generate import load_generator
+    from faq_bot.pipeline import Pipeline
+
+    pipe = Pipeline(cfg, kb, generator=load_generator(cfg.generate))
+    pipe.warm_up(background=False)
+    return pipe
+
+
 def make_config(tmp_path, **overrides):
     """A config whose store and indexes live under `tmp_path`."""
     from faq_bot.config import load_config

@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from conftest import serving
+from conftest import serving, warm_pipeline
 
 from faq_bot.api import create_app
 from faq_bot.auth import Auth, RateLimiter
@@ -53,13 +53,7 @@ def kb_cfg(tmp_path_factory, faq_encoder, doc_encoder, tiny_lm_dir):
 
 @pytest.fixture(scope="module")
 def pipeline(kb_cfg):
-    from faq_bot.generate import load_generator
-    from faq_bot.pipeline import Pipeline
-
-    cfg, kb = kb_cfg
-    pipe = Pipeline(cfg, kb, generator=load_generator(cfg.generate))
-    pipe.warm_up(background=False)
-    return pipe
+    return warm_pipeline(*kb_cfg)
 
 
 @pytest.fixture(scope="module")

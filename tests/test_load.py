@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import make_config, serving
+from conftest import make_config, serving, warm_pipeline
 
 from bench.load import LoadPlan, mixed_load, verify_stored
 from faq_bot.api import create_app
 from faq_bot.auth import Auth
-from faq_bot.generate import load_generator
 from faq_bot.knowledge import KnowledgeBase
-from faq_bot.pipeline import Pipeline
 from faq_bot.schema import Query
 
 PASSWORD = "load-test-admin-password"
@@ -45,8 +43,7 @@ def load_server(tmp_path_factory, faq_encoder, doc_encoder, tiny_lm_dir):
                             "generate.max_concurrent": 1, "generate.max_queue": 0, "app.admin_password": PASSWORD, "app.rate_limit_per_min": 10**9})
     kb = KnowledgeBase(cfg)
     assert all(r.status == "added" for r in kb.ingest_paths([d / "faq.csv", d / "warranty.md"]))
-    pipe = Pipeline(cfg, kb, generator=load_generator(cfg.generate))
-    pipe.warm_up(background=False)
+    pipe = warm_pipeline(cfg, kb)
     with serving(create_app(pipe, cfg, auth=Auth(cfg, environ={}), ui=False)) as base:
         yield base, pipe
     kb.close()

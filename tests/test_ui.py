@@ -6,6 +6,7 @@ import socket
 
 import gradio as gr
 import pytest
+from conftest import warm_pipeline
 
 from faq_bot.auth import ADMIN_HELP, Auth
 from faq_bot.config import load_config
@@ -41,13 +42,7 @@ def kb_cfg(tmp_path_factory, faq_encoder, doc_encoder, tiny_lm_dir):
 
 @pytest.fixture(scope="module")
 def pipeline(kb_cfg):
-    from faq_bot.generate import load_generator
-    from faq_bot.pipeline import Pipeline
-
-    cfg, kb = kb_cfg
-    pipe = Pipeline(cfg, kb, generator=load_generator(cfg.generate))
-    pipe.warm_up(background=False)
-    return pipe
+    return warm_pipeline(*kb_cfg)
 
 
 @pytest.fixture()
