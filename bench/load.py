@@ -42,6 +42,8 @@ class LoadResult:
     wall_s: float = 0.0
     ms: dict[str, list[float]] = field(default_factory=lambda: {"faq": [], "rag": [], "refusal": [], "busy": [],
                                                                  "other": [], "feedback": [], "ingest": []})
+    server_ms: dict[str, list[float]] = field(default_factory=dict)  # pipeline time in the trace, per answer kind
+    questions: dict[str, list[str]] = field(default_factory=dict)  # a few questions per answer kind
     errors: list[str] = field(default_factory=list)  # transport errors, HTTP >= 400, `error` answers that are not busy
     feedback_ids: list[int] = field(default_factory=list)  # acknowledged by the server
     ingested: list[str] = field(default_factory=list)  # sources the server reported as added
@@ -54,7 +56,9 @@ class LoadResult:
     def summary(self) -> dict[str, Any]:
         return {"wall_s": round(self.wall_s, 2), "answers": self.answers,
                 "answers_per_s": round(self.answers / self.wall_s, 2) if self.wall_s else 0.0,
-                "ms": {k: summarize(v) for k, v in self.ms.items()}, "errors": len(self.errors),
+                "ms": {k: summarize(v) for k, v in self.ms.items()},
+                "server_ms": {k: summarize(v) for k, v in self.server_ms.items()},
+                "questions": {k: v[:5] for k, v in self.questions.items()}, "errors": len(self.errors),
                 "error_samples": self.errors[:10], "feedback_acked": len(self.feedback_ids),
                 "ingested": len(self.ingested)}
 
@@ -110,7 +114,7 @@ async def mixed_load(base: str, *, faq_questions: list[str], rag_questions: list
                         out.feedback_ids.append(int(r.json()["id"]))
                     last_trace = None
                     continue
-                rag = rag_questions and x < plan.feedback_share + plan.rag_share
+                rag = bool(rag_questions) and plan.feedback_share <= x < plan.feedback_share + plan.rag_share
                 q = rng.choice(rag_questions if rag else faq_questions)
                 r, ms = await timed("POST", "/api/ask", json={"question": q})
                 if r is None:
@@ -125,6 +129,10 @@ async def mixed_load(base: str, *, faq_questions: list[str], rag_questions: list
                 if kind == "busy":
                     out.busy_texts.add(body.get("text", ""))
                 out.ms[kind].append(ms)
+                steps = body.get("trace", {}).get("steps", [])
+                out.server_ms.setdefault(kind, []).append(sum(st.get("ms", 0.0) for st in steps))
+                if len(out.questions.setdefault(kind, [])) < 5 and q not in out.questions[kind]:
+                    out.questions[kind].append(q)
                 last_trace = body.get("trace", {}).get("id") or last_trace
 
         async def admin() -> None:
@@ -173,9 +181,9 @@ def verify_stored(base: str, admin_password: str, result: LoadResult) -> dict[st
 
 
 # ---------------------------------------------------------------------------------------------- the part
-def sample_questions() -> tuple[list[str], list[str]]:
-    """(FAQ questions: the sample FAQ's standard and similar questions and the eval set's FAQ paraphrases,
-    RAG questions: the eval set's document questions)."""
+def sample_questions(paraphrases: bool = True) -> tuple[list[str], list[str]]:
+    """(FAQ questions: the sample FAQ's standard and similar questions, and with `paraphrases` the eval set's FAQ
+    paraphrases — some of which fall through to RAG —, RAG questions: the eval set's document questions)."""
     from faq_bot.ingest import read_faqs
 
     from .data import sample_eval_rag_questions
@@ -186,7 +194,7 @@ def sample_questions() -> tuple[list[str], list[str]]:
             faq_qs += faq.all_questions()
     for line in (ROOT / "knowledge" / "eval" / "sample_eval.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line) if line.strip() else {}
-        if row.get("faq_id") and not row.get("history"):
+        if paraphrases and row.get("faq_id") and not row.get("history"):
             faq_qs.append(row["question"])
     return faq_qs, sample_eval_rag_questions()
 
@@ -222,7 +230,7 @@ def run(ctx: PartContext) -> None:
                           "clients (the embedding cache is warm after the first round), as real traffic does"}
     if ctx.quick:
         res.note("--quick: 10 s, FAQ path, feedback and admin uploads only (no generator).")
-    faq_qs, rag_qs = sample_questions()
+    faq_qs, rag_qs = sample_questions(paraphrases=rag)  # without a generator only questions the FAQ stage answers
     password = secrets.token_urlsafe(16)
     with temp_dir("load") as d:
         t0 = now()
@@ -241,14 +249,14 @@ def run(ctx: PartContext) -> None:
         try:
             res.raw["server_ready_s"] = round(server.wait_ready(max(30.0, min(240.0, ctx.budget.left() - 10))), 1)
             # Peers, measured first on the idle server: one client asking FAQ questions, then (full) one RAG question
-            idle_faq = summarize(_one_client(server.base, faq_qs[:40]))
+            idle_faq = summarize(_one_client(server.base, random.Random(1).sample(faq_qs, min(40, len(faq_qs)))))
             idle_rag = summarize(_one_client(server.base, rag_qs[:2])) if rag else {"n": 0}
             res.raw["idle"] = {"faq_ms": idle_faq, "rag_ms": idle_rag}
             need = plan.duration_s + (60 if rag else 15)
             if not ctx.budget.fits(need, reserve_s=5):
                 plan.duration_s = max(5.0, ctx.budget.left() - (60 if rag else 15))
                 res.note(f"load shortened to {plan.duration_s:.0f} s to fit the part's budget")
-            result = asyncio.run(mixed_load(server.base, faq_questions=faq_qs, rag_questions=rag_qs,
+            result = asyncio.run(mixed_load(server.base, faq_questions=faq_qs, rag_questions=rag_qs if rag else [],
                                             admin_password=password, plan=plan))
             lost = verify_stored(server.base, password, result)
         finally:
@@ -270,7 +278,9 @@ def run(ctx: PartContext) -> None:
                    note=f"{s['feedback_acked']} feedback rows, {s['ingested']} documents uploaded during the load"))
     res.add(figure("load_faq_p95", f"FAQ answer p95 under load ({what})", ms["faq"].get("p95"), "ms",
                    n=ms["faq"]["n"], peer_label="FAQ p95, 1 client, idle server", peer=idle_faq.get("p95"),
-                   ratio_label="slowdown", note=f"p50 {fmt(ms['faq'].get('p50'))} ms"))
+                   ratio_label="slowdown", note=f"p50 {fmt(ms['faq'].get('p50'))} ms; in the pipeline (trace) p50 "
+                                                f"{fmt(s['server_ms'].get('faq', {}).get('p50'))}, p95 "
+                                                f"{fmt(s['server_ms'].get('faq', {}).get('p95'))} ms"))
     if rag:
         n_gen = ms["rag"]["n"] + ms["refusal"]["n"]
         gen_ms = ms["rag"]["p95"] if ms["rag"]["n"] else ms["refusal"].get("p95")

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Iterator, Literal
 
 import anyio
 from fastapi import Depends, FastAPI, File, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -218,11 +218,11 @@ def create_app(pipeline, cfg: AppConfig | None = None, *, auth: Auth | None = No
                 else "loading", **s}
 
     @app.post("/api/ask", dependencies=[Depends(rate_limit)])
-    async def ask(req: AskRequest) -> dict:
+    async def ask(req: AskRequest) -> Response:
         query, adapter = query_of(req.question, req.history), adapter_of(req.adapter)
         answer = await run_in_threadpool(pipeline.answer, query, adapter=adapter)
         traces.add(answer)
-        return answer.model_dump(mode="json")
+        return _answer_json(answer)
 
     @app.get("/v1/models")
     def models() -> dict:
@@ -329,12 +329,12 @@ def create_app(pipeline, cfg: AppConfig | None = None, *, auth: Auth | None = No
                             background=BackgroundTask(os.unlink, path))
 
     @app.get("/api/admin/trace/{trace_id}", dependencies=[Depends(admin)])
-    def trace(trace_id: str) -> dict:
+    def trace(trace_id: str) -> Response:
         answer = traces.get(trace_id)
         if answer is None:
             raise ApiError(404, f"Trace `{trace_id}` is not in memory (the last {traces.maxsize} answers are kept).",
                            "trace_not_found")
-        return answer.model_dump(mode="json")
+        return _answer_json(answer)
 
     if ui:
         import gradio as gr
@@ -389,6 +389,12 @@ def _client(request: Request) -> str:
 def _bearer(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _answer_json(answer: Answer) -> Response:
+    """An Answer (with its trace) as JSON, serialized by pydantic-core: FastAPI's default route through
+    `jsonable_encoder` walks the nested dict in Python (~1.6 ms per FAQ answer here, more with long traces)."""
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 def _error_type(status: int) -> str:
