@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from faq_bot.generate.hf import cache_arg_name, kv_cache_of
+
 from .common import PartContext, best_time, figure, now
 from .data import ZhEnVocab
 
@@ -72,7 +74,7 @@ def _measure(model, tok, enc, torch, new_tokens: int, cap_s: float = math.inf, p
             done = len(stamps) >= 4 and time.perf_counter() - t0 > cap_s
             return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
-    extra = {} if prefix_cache is None else {"past_key_values": copy.deepcopy(prefix_cache)}
+    extra = {} if prefix_cache is None else {cache_arg_name(model): copy.deepcopy(prefix_cache)}
     t0 = time.perf_counter()
     with torch.inference_mode():
         model.generate(**enc, **extra, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, top_p=None,
@@ -94,7 +96,7 @@ def _prefix_cache_ttft(ctx: PartContext, model, tok, messages, enc, torch, base:
         ctx.result.note("prefix-cache TTFT skipped (system turn not a token prefix, or no budget left)")
         return
     with torch.inference_mode():
-        cache = model(input_ids=ids[:, :len(sys_ids)], use_cache=True).past_key_values
+        cache = kv_cache_of(model(input_ids=ids[:, :len(sys_ids)], use_cache=True))
     full, cached = [], []
     for _ in range(3):
         full.append(_measure(model, tok, enc, torch, 2)["ttft_s"])

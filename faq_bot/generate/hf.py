@@ -21,7 +21,7 @@ from faq_bot.models import load_causal_lm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TransformersGenerator"]
+__all__ = ["TransformersGenerator", "cache_arg_name", "kv_cache_of"]
 
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -52,6 +52,20 @@ def _state_for(model: Any) -> _ModelState:
         if model not in _states:
             _states[model] = _ModelState()
         return _states[model]
+
+
+def kv_cache_of(output: Any) -> Any:
+    """The KV cache of a forward pass: `cache` in transformers 5, `past_key_values` before."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def cache_arg_name(model: Any) -> str:
+    """Name of the cache argument of `model.forward` / `generate` (`cache` in transformers 5, `past_key_values`
+    before)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class TransformersGenerator(Generator):
@@ -206,14 +220,14 @@ class TransformersGenerator(Generator):
         key = ("" if adapter is None else self._ensure_adapter(adapter), tuple(sys_ids))
         cache = state.prefixes.get(key)
         if cache is None:
-            cache = self._model(input_ids=ids[:n].unsqueeze(0), use_cache=True).past_key_values
+            cache = kv_cache_of(self._model(input_ids=ids[:n].unsqueeze(0), use_cache=True))
             state.prefixes[key] = cache
             while len(state.prefixes) > self._MAX_PREFIXES:
                 state.prefixes.popitem(last=False)
         else:
             state.prefixes.move_to_end(key)
             state.prefix_hits += 1
-        return {"past_key_values": copy.deepcopy(cache)}
+        return {cache_arg_name(self._model): copy.deepcopy(cache)}
 
     def _chat(self, messages, *, max_new_tokens, adapter, prefix="", usage):
         import torch
