@@ -207,7 +207,8 @@ class TransformersGenerator(Generator):
     def _prefix_kwargs(self, messages: list[dict], enc: Any, adapter: str | None) -> dict[str, Any]:
         """`past_key_values` holding the system prompt's KV cache when the system turn is a token prefix of the
         prompt (computed once per adapter and system prompt; the caller holds the lock with `adapter` active).
-        Greedy output is unchanged: the cached keys/values are those a full prefill computes."""
+        The cached keys/values are those a full prefill computes: in fp32 greedy output is the same; in bf16 the
+        split prefill rounds differently, so a near-tie can flip (3 of the 130 sample-eval answers changed)."""
         if not self.cfg.prefix_cache or not messages or messages[0].get("role") != "system":
             return {}
         state = self._state
