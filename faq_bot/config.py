@@ -162,6 +162,8 @@ class GenerateConfig(_Section):
     refusal_en: str = "Sorry, the knowledge base has no answer to that."
     max_concurrent: int = Field(1, gt=0, description="Generations running at once; more wait in the queue.")
     max_queue: int = Field(16, ge=0, description="Waiting generations before 'busy' is returned.")
+    max_wait_s: float | None = Field(20.0, gt=0, description="Longest a request waits in the queue before 'busy' is "
+                                     "returned; None = as long as it takes (bench/README: Mixed load).")
     openai: OpenAIBackendConfig = Field(default_factory=OpenAIBackendConfig)
 
 

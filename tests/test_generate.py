@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -278,6 +279,19 @@ def test_queue_full_raises_busy(tiny_lm_dir, tmp_path):
         gen.generate("q", HITS)
     running.close()
     assert isinstance(gen.generate("q", HITS), Generation)
+
+
+def test_queue_wait_is_bounded_by_max_wait_s(tiny_lm_dir, tmp_path):
+    gen = load_generator(GenerateConfig(model=tiny_lm_dir, max_new_tokens=4, max_concurrent=1, max_queue=4,
+                                        max_wait_s=0.3, adapters_dir=tmp_path))
+    running = gen.stream("q", HITS)
+    next(running)  # holds the only slot
+    t0 = time.monotonic()
+    with pytest.raises(GeneratorBusy, match="max_wait_s"):
+        gen.generate("q", HITS)  # a place in the queue, but no slot within 0.3 s
+    assert time.monotonic() - t0 >= 0.3
+    running.close()
+    assert isinstance(gen.generate("q", HITS), Generation)  # the slot is free again
 
 
 def test_score_yes_no_one_float_per_passage(tiny_gen):

@@ -129,7 +129,8 @@ class Generator(ABC):
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
-        """At most `max_concurrent` requests run; at most `max_queue` wait; the rest get GeneratorBusy."""
+        """At most `max_concurrent` requests run; at most `max_queue` wait, each for at most `max_wait_s`; the rest
+        get GeneratorBusy (the customer reads "busy, please wait" instead of a spinner that never ends)."""
         if not self._running.acquire(blocking=False):
             with self._waiting_lock:
                 if self._waiting >= self.cfg.max_queue:
@@ -139,7 +140,9 @@ class Generator(ABC):
                     )
                 self._waiting += 1
             try:
-                self._running.acquire()
+                wait = self.cfg.max_wait_s
+                if not self._running.acquire(timeout=-1 if wait is None else wait):
+                    raise GeneratorBusy(f"Generator busy: no slot within {wait:g} s (`generate.max_wait_s`).")
             finally:
                 with self._waiting_lock:
                     self._waiting -= 1
