@@ -284,11 +284,15 @@ def run(ctx: PartContext) -> None:
     if rag:
         n_gen = ms["rag"]["n"] + ms["refusal"]["n"]
         gen_ms = ms["rag"]["p95"] if ms["rag"]["n"] else ms["refusal"].get("p95")
-        res.add(figure("load_rag_p95", f"RAG answer p95 under load ({what}; generate.max_concurrent 1, "
-                       f"max_queue 16, max_new_tokens {RAG_NEW_TOKENS})", gen_ms, "ms", n=n_gen,
+        from faq_bot.config import GenerateConfig
+
+        g = GenerateConfig()
+        res.add(figure("load_rag_p95", f"RAG answer p95 under load ({what}; generate.max_concurrent "
+                       f"{g.max_concurrent}, max_queue {g.max_queue}, max_wait_s {g.max_wait_s:g}, max_new_tokens "
+                       f"{RAG_NEW_TOKENS})", gen_ms, "ms", n=n_gen,
                        peer_label="RAG latency, 1 client, idle server (mean)", peer=idle_rag.get("mean"),
                        ratio_label="slowdown (queueing)",
-                       note=f"{ms['busy']['n']} 'busy, please wait' answers past the queue limit "
+                       note=f"{ms['busy']['n']} 'busy, please wait' answers past the queue limit or wait "
                             f"(p95 {fmt(ms['busy'].get('p95'))} ms)"))
     res.add(figure("load_feedback_p95", f"Feedback POST p95 under load ({what})", ms["feedback"].get("p95"), "ms",
                    n=ms["feedback"]["n"], peer_label="FAQ p95 under the same load", peer=ms["faq"].get("p95")))
