@@ -193,8 +193,8 @@ class AppConfig_(_Section):
     rate_limit_per_min: int = Field(60, gt=0, description="Chat/API requests per client per minute.")
     threads: int | None = Field(
         1, gt=0, description="Server process only: threads for torch, faiss, numpy BLAS and the encoders. 1 stops "
-        "concurrent requests oversubscribing the cores (bench/README: FAQ p95 while a generation runs 149 -> "
-        "10.9 ms on 2 cores); null = each library's default.")
+        "concurrent requests oversubscribing the cores (bench/README, Concurrency: FAQ p95 while a generation "
+        "runs, both set-ups); null = each library's default.")
 
 
 class TrainConfig(_Section):
