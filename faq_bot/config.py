@@ -155,7 +155,7 @@ class GenerateConfig(_Section):
     max_new_tokens: int = Field(256, gt=0)
     prefix_cache: bool = Field(True, description="transformers backend: keep the system prompt's KV cache (per "
                                "adapter) and prefill only the rest of each prompt (bf16: rounding may flip a "
-                               "near-tie token; false for bit-identical runs).")
+                               "near-tie token; false = outputs identical to a full prefill).")
     context_tokens: int = Field(1536, gt=64, description="Token budget for passages in the prompt.")
     language: Literal["auto", "zh", "en"] = "auto"
     refusal_zh: str = "抱歉，知识库中没有找到相关答案。"
