@@ -68,8 +68,7 @@ def _classify(body: dict) -> str:
     kind = body.get("kind")
     if kind == "error":
         steps = body.get("trace", {}).get("steps", [])
-        if any(s.get("stage") == "generate" and (s.get("detail") or {}).get("skipped") == "queue full"
-               for s in steps):
+        if any(s.get("stage") == "generate" and (s.get("detail") or {}).get("skipped") == "busy" for s in steps):
             return "busy"
         return "error"
     return kind if kind in ("faq", "rag", "refusal") else "other"
@@ -170,11 +169,15 @@ def verify_stored(base: str, admin_password: str, result: LoadResult) -> dict[st
     """After the load: acknowledged feedback rows and uploaded documents that the store does not have."""
     import httpx
 
-    token = httpx.post(f"{base}/api/admin/login", json={"password": admin_password}, timeout=60).json()["token"]
-    headers = {"Authorization": f"Bearer {token}"}
-    rows = httpx.get(f"{base}/api/admin/feedback", params={"limit": 10_000}, headers=headers, timeout=60).json()
-    stored = {int(r["id"]) for r in rows["feedback"]}
-    docs = httpx.get(f"{base}/api/admin/documents", headers=headers, timeout=60).json()["documents"]
+    r = httpx.post(f"{base}/api/admin/login", json={"password": admin_password}, timeout=60)
+    r.raise_for_status()
+    headers = {"Authorization": f"Bearer {r.json()['token']}"}
+    r = httpx.get(f"{base}/api/admin/feedback", params={"limit": 10_000}, headers=headers, timeout=60)
+    r.raise_for_status()
+    stored = {int(row["id"]) for row in r.json()["feedback"]}
+    r = httpx.get(f"{base}/api/admin/documents", headers=headers, timeout=60)
+    r.raise_for_status()
+    docs = r.json()["documents"]
     sources = {d["source"] for d in docs}
     return {"feedback_lost": sorted(set(result.feedback_ids) - stored),
             "documents_lost": sorted(set(result.ingested) - sources)}
@@ -282,8 +285,8 @@ def run(ctx: PartContext) -> None:
                                                 f"{fmt(s['server_ms'].get('faq', {}).get('p50'))}, p95 "
                                                 f"{fmt(s['server_ms'].get('faq', {}).get('p95'))} ms"))
     if rag:
-        n_gen = ms["rag"]["n"] + ms["refusal"]["n"]
-        gen_ms = ms["rag"]["p95"] if ms["rag"]["n"] else ms["refusal"].get("p95")
+        generated = result.ms["rag"] + result.ms["refusal"]  # every answer the generator produced
+        n_gen, gen_ms = len(generated), summarize(generated).get("p95")
         from faq_bot.config import GenerateConfig
 
         g = GenerateConfig()

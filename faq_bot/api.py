@@ -145,7 +145,7 @@ class BodyLimit:
         try:
             await self.app(scope, counting_receive, tracking_send)
         except Exception:
-            if not refused:
+            if not refused or started:  # a reply already under way cannot become a 413
                 raise
         if refused and not started:
             await self._refuse(scope, send)

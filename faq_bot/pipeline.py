@@ -140,8 +140,8 @@ class Pipeline:
             return
         try:
             gen = yield from self._generate(query, kept, adapter, lang, trace, done, suggestions)
-        except GeneratorBusy:  # the generator's bounded queue is full (generate.max_queue)
-            trace.add("generate", 0.0, skipped="queue full")
+        except GeneratorBusy as e:  # the bounded queue is full (generate.max_queue) or the wait ran out (max_wait_s)
+            trace.add("generate", 0.0, skipped="busy", reason=str(e))
             yield done(self.busy_text(lang), "error", suggestions=suggestions, model="none")
             return
         except ValueError:  # an unknown adapter: the caller says which ones exist

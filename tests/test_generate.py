@@ -294,6 +294,21 @@ def test_queue_wait_is_bounded_by_max_wait_s(tiny_lm_dir, tmp_path):
     assert isinstance(gen.generate("q", HITS), Generation)  # the slot is free again
 
 
+def test_queue_wait_without_bound_waits_for_the_slot(tiny_lm_dir, tmp_path):
+    gen = load_generator(GenerateConfig(model=tiny_lm_dir, max_new_tokens=4, max_concurrent=1, max_queue=4,
+                                        max_wait_s=None, adapters_dir=tmp_path))
+    running = gen.stream("q", HITS)
+    next(running)  # holds the only slot
+    out = []
+    waiter = threading.Thread(target=lambda: out.append(gen.generate("q", HITS)), daemon=True)
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and out == []  # still queued, not turned away
+    running.close()
+    waiter.join(60)
+    assert len(out) == 1 and isinstance(out[0], Generation)
+
+
 def test_score_yes_no_one_float_per_passage(tiny_gen):
     passages = ["运费由商家承担。", "会员积分规则：每消费一元积一分，积分可抵现。" * 3, "Opening hours: 9-18."]
     batched = tiny_gen.score_yes_no("退货运费谁承担？", passages, batch_size=2)

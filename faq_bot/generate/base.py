@@ -141,7 +141,7 @@ class Generator(ABC):
                 self._waiting += 1
             try:
                 wait = self.cfg.max_wait_s
-                if not self._running.acquire(timeout=-1 if wait is None else wait):
+                if not self._running.acquire(timeout=wait):  # None: as long as it takes
                     raise GeneratorBusy(f"Generator busy: no slot within {wait:g} s (`generate.max_wait_s`).")
             finally:
                 with self._waiting_lock:

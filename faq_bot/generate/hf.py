@@ -164,22 +164,23 @@ class TransformersGenerator(Generator):
         return key
 
     @contextmanager
-    def _activate(self, adapter: str | None) -> Iterator[None]:
-        """Run the block on the base model (None) or with one adapter; caller holds the state lock."""
+    def _activate(self, adapter: str | None) -> Iterator[str]:
+        """Run the block on the base model (None) or with one adapter; caller holds the state lock. Yields the
+        peft key of the active adapter ("" for the base model), the key its prefix caches are filed under."""
         state = self._state
         assert state is not None
         if adapter is None:
             if state.peft is None:
-                yield
+                yield ""
             else:
                 with state.peft.disable_adapter():
-                    yield
+                    yield ""
             return
         key = self._ensure_adapter(adapter)
         state.peft.set_adapter(key, inference_mode=True)
         state.peft.base_model.enable_adapter_layers()
         try:
-            yield
+            yield key
         finally:
             state.peft.base_model.disable_adapter_layers()
 
@@ -204,11 +205,11 @@ class TransformersGenerator(Generator):
 
     _MAX_PREFIXES = 8
 
-    def _prefix_kwargs(self, messages: list[dict], enc: Any, adapter: str | None) -> dict[str, Any]:
-        """`past_key_values` holding the system prompt's KV cache when the system turn is a token prefix of the
-        prompt (computed once per adapter and system prompt; the caller holds the lock with `adapter` active).
-        The cached keys/values are those a full prefill computes: in fp32 greedy output is the same; in bf16 the
-        split prefill rounds differently, so a near-tie can flip (3 of the 130 sample-eval answers changed)."""
+    def _prefix_kwargs(self, messages: list[dict], enc: Any, active: str) -> dict[str, Any]:
+        """The cache argument holding the system prompt's KV cache when the system turn is a token prefix of the
+        prompt (computed once per adapter and system prompt; the caller holds the lock, `active` is the key
+        `_activate` yielded). The cached keys/values are those a full prefill computes, up to rounding: a split
+        prefill can round differently (in bf16, 3 of the 130 sample-eval answers changed), so a near-tie can flip."""
         if not self.cfg.prefix_cache or not messages or messages[0].get("role") != "system":
             return {}
         state = self._state
@@ -218,7 +219,7 @@ class TransformersGenerator(Generator):
         n = len(sys_ids)
         if n == 0 or n >= ids.shape[0] or ids[:n].tolist() != sys_ids:
             return {}
-        key = ("" if adapter is None else self._ensure_adapter(adapter), tuple(sys_ids))
+        key = (active, tuple(sys_ids))
         cache = state.prefixes.get(key)
         if cache is None:
             cache = kv_cache_of(self._model(input_ids=ids[:n].unsqueeze(0), use_cache=True))
@@ -235,9 +236,9 @@ class TransformersGenerator(Generator):
 
         enc = self._encode(messages, prefix)
         n_prompt = enc["input_ids"].shape[1]
-        with self._state.lock, torch.inference_mode(), self._activate(adapter):
+        with self._state.lock, torch.inference_mode(), self._activate(adapter) as active:
             out = self._model.generate(**enc, **self._gen_kwargs(max_new_tokens),
-                                       **self._prefix_kwargs(messages, enc, adapter))
+                                       **self._prefix_kwargs(messages, enc, active))
         new = out[0, n_prompt:]
         usage.update(prompt_tokens=n_prompt, completion_tokens=int(new.shape[0]))
         return prefix + self._tok.decode(new, skip_special_tokens=True)
@@ -260,10 +261,10 @@ class TransformersGenerator(Generator):
 
         def run() -> None:
             try:
-                with state.lock, torch.inference_mode(), self._activate(adapter):
+                with state.lock, torch.inference_mode(), self._activate(adapter) as active:
                     out = self._model.generate(**enc, **self._gen_kwargs(max_new_tokens), streamer=streamer,
                                                stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-                                               **self._prefix_kwargs(messages, enc, adapter))
+                                               **self._prefix_kwargs(messages, enc, active))
                 result["completion_tokens"] = int(out.shape[1] - n_prompt)
             except BaseException as e:  # re-raised in the consuming thread below
                 result["error"] = e
