@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from faq_bot.generate.hf import cache_arg_name, kv_cache_of
+from faq_bot.generate.hf import cache_arg_name, kv_cache_of, system_prefix_len
 
 from .common import PartContext, best_time, figure, now
 from .data import ZhEnVocab
@@ -90,20 +90,20 @@ def _measure(model, tok, enc, torch, new_tokens: int, cap_s: float = math.inf, p
 def _prefix_cache_ttft(ctx: PartContext, model, tok, messages, enc, torch, base: dict) -> None:
     """TTFT with the system prompt's KV cache reused (`generate.prefix_cache`, what TransformersGenerator does)
     vs a full prefill, alternated 3 times each (median)."""
-    sys_ids = tok(tok.apply_chat_template(messages[:1], tokenize=False), add_special_tokens=False)["input_ids"]
     ids = enc["input_ids"]
-    if ids[0, :len(sys_ids)].tolist() != sys_ids or not ctx.budget.fits(8 * base["ttft_s"] + 5):
+    n_sys = system_prefix_len(tok, messages, ids[0])
+    if not n_sys or not ctx.budget.fits(8 * base["ttft_s"] + 5):
         ctx.result.note("prefix-cache TTFT skipped (system turn not a token prefix, or no budget left)")
         return
     with torch.inference_mode():
-        cache = kv_cache_of(model(input_ids=ids[:, :len(sys_ids)], use_cache=True))
+        cache = kv_cache_of(model(input_ids=ids[:, :n_sys], use_cache=True))
     full, cached = [], []
     for _ in range(3):
         full.append(_measure(model, tok, enc, torch, 2)["ttft_s"])
         cached.append(_measure(model, tok, enc, torch, 2, prefix_cache=cache)["ttft_s"])
     n = int(ids.shape[1])
-    ctx.result.raw["prefix_cache_ttft_s"] = {"full": full, "cached": cached, "system_tokens": len(sys_ids)}
-    ctx.result.add(figure("ttft_prefix_cache", f"Time to first token, system prompt KV cached ({len(sys_ids)} of "
+    ctx.result.raw["prefix_cache_ttft_s"] = {"full": full, "cached": cached, "system_tokens": n_sys}
+    ctx.result.add(figure("ttft_prefix_cache", f"Time to first token, system prompt KV cached ({n_sys} of "
                           f"{n} prompt tokens; generate.prefix_cache)", float(np.median(cached)), "s",
                           peer_label="full prefill (prefix_cache off), median of 3", peer=float(np.median(full)),
                           note="3 alternated runs each; the saving is the system turn's share of the prompt"))

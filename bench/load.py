@@ -63,11 +63,10 @@ class LoadResult:
                 "ingested": len(self.ingested)}
 
 
-def _classify(body: dict) -> str:
-    """faq | rag | refusal | busy | other (smalltalk, suggestions) | error, from an /api/ask answer."""
-    kind = body.get("kind")
+def _classify(kind: str | None, steps: list[dict]) -> str:
+    """faq | rag | refusal | busy | other (smalltalk, suggestions) | error, from an /api/ask answer's kind and
+    trace steps."""
     if kind == "error":
-        steps = body.get("trace", {}).get("steps", [])
         if any(s.get("stage") == "generate" and (s.get("detail") or {}).get("skipped") == "busy" for s in steps):
             return "busy"
         return "error"
@@ -119,16 +118,15 @@ async def mixed_load(base: str, *, faq_questions: list[str], rag_questions: list
                 if r is None:
                     continue
                 body = r.json()
-                kind = _classify(body)
+                steps = body.get("trace", {}).get("steps", [])
+                kind = _classify(body.get("kind"), steps)
                 if kind == "error":
-                    steps = body.get("trace", {}).get("steps", [])
                     out.errors.append(f"/api/ask {q!r}: error answer {body.get('text', '')[:120]!r}, last trace "
                                       f"step {json.dumps(steps[-1] if steps else None, ensure_ascii=False)[:300]}")
                     continue
                 if kind == "busy":
                     out.busy_texts.add(body.get("text", ""))
                 out.ms[kind].append(ms)
-                steps = body.get("trace", {}).get("steps", [])
                 out.server_ms.setdefault(kind, []).append(sum(st.get("ms", 0.0) for st in steps))
                 if len(out.questions.setdefault(kind, [])) < 5 and q not in out.questions[kind]:
                     out.questions[kind].append(q)

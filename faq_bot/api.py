@@ -63,6 +63,12 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers
 
+    def response(self) -> JSONResponse:
+        """The error as the API reports every error: `detail` (FastAPI) and an OpenAI-style `error` object."""
+        body = {"detail": self.message, "error": {"message": self.message, "type": _error_type(self.status),
+                                                  "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
 
 # ---------------------------------------------------------------------------------------------- request bodies
 class AskRequest(BaseModel):
@@ -151,11 +157,9 @@ class BodyLimit:
             await self._refuse(scope, send)
 
     async def _refuse(self, scope, send):
-        kb = self.max_bytes // 1024
-        msg = f"Request body over {kb} KB (`app.max_request_kb`): send a shorter question or less history."
-        resp = JSONResponse({"detail": msg, "error": {"message": msg, "type": _error_type(413),
-                                                      "code": "request_too_large"}}, status_code=413)
-        await resp(scope, _no_receive, send)
+        msg = (f"Request body over {self.max_bytes // 1024} KB (`app.max_request_kb`): send a shorter question or "
+               "less history.")
+        await ApiError(413, msg, "request_too_large").response()(scope, _no_receive, send)
 
 
 class _BodyTooLarge(Exception):
@@ -180,9 +184,7 @@ def create_app(pipeline, cfg: AppConfig | None = None, *, auth: Auth | None = No
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        body = {"detail": exc.message, "error": {"message": exc.message, "type": _error_type(exc.status),
-                                                 "code": exc.code}}
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return exc.response()
 
     def rate_limit(request: Request) -> None:
         wait = auth.limiter.hit(_client(request))

@@ -21,7 +21,7 @@ from faq_bot.models import load_causal_lm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TransformersGenerator", "cache_arg_name", "kv_cache_of"]
+__all__ = ["TransformersGenerator", "cache_arg_name", "kv_cache_of", "system_prefix_len"]
 
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -58,6 +58,17 @@ def kv_cache_of(output: Any) -> Any:
     """The KV cache of a forward pass: `cache` in transformers 5, `past_key_values` before."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
+
+def system_prefix_len(tokenizer: Any, messages: list[dict], input_ids: Any) -> int:
+    """How many leading tokens of `input_ids` (1-D) are the rendered system turn of `messages`; 0 when there is
+    none or it is not a token prefix (then no prefix cache can serve the prompt)."""
+    if not messages or messages[0].get("role") != "system":
+        return 0
+    system = tokenizer.apply_chat_template(messages[:1], tokenize=False)
+    sys_ids = tokenizer(system, add_special_tokens=False)["input_ids"]
+    n = len(sys_ids)
+    return n if 0 < n < input_ids.shape[0] and input_ids[:n].tolist() == sys_ids else 0
 
 
 def cache_arg_name(model: Any) -> str:
@@ -210,16 +221,12 @@ class TransformersGenerator(Generator):
         prompt (computed once per adapter and system prompt; the caller holds the lock, `active` is the key
         `_activate` yielded). The cached keys/values are those a full prefill computes, up to rounding: a split
         prefill can round differently (in bf16, 3 of the 130 sample-eval answers changed), so a near-tie can flip."""
-        if not self.cfg.prefix_cache or not messages or messages[0].get("role") != "system":
+        ids = enc["input_ids"][0]
+        n = system_prefix_len(self._tok, messages, ids) if self.cfg.prefix_cache else 0
+        if not n:
             return {}
         state = self._state
-        system = self._tok.apply_chat_template(messages[:1], tokenize=False)
-        sys_ids = self._tok(system, add_special_tokens=False)["input_ids"]
-        ids = enc["input_ids"][0]
-        n = len(sys_ids)
-        if n == 0 or n >= ids.shape[0] or ids[:n].tolist() != sys_ids:
-            return {}
-        key = (active, tuple(sys_ids))
+        key = (active, tuple(ids[:n].tolist()))
         cache = state.prefixes.get(key)
         if cache is None:
             cache = kv_cache_of(self._model(input_ids=ids[:n].unsqueeze(0), use_cache=True))
