@@ -65,9 +65,9 @@ class IngestConfig(_Section):
 
 
 class FaqConfig(_Section):
-    answer_threshold: float = Field(0.68, description="FAQ score at or above which the FAQ answer is returned directly "
+    answer_threshold: float = Field(0.54, description="FAQ score at or above which the FAQ answer is returned directly "
                                     "(calibrate with `eval faq --calibrate`).")
-    suggest_threshold: float = Field(0.63, description="FAQ score at or above which 'did you mean' suggestions are shown.")
+    suggest_threshold: float = Field(0.47, description="FAQ score at or above which 'did you mean' suggestions are shown.")
     top_k: int = Field(20, gt=0, description="FAQ candidates kept per question (trace, suggestions).")
     max_suggestions: int = Field(3, ge=0)
     aggregate: Literal["max", "top2_mean"] = Field("max", description="How question similarities combine per FAQ.")
@@ -79,6 +79,9 @@ class FaqConfig(_Section):
     bm25: bool = Field(True, description="Add BM25 over the FAQ questions; its weight (maybe 0) is chosen on held-out "
                        "similar questions.")
     train_steps: int | None = Field(None, gt=0, description="Optimizer steps of the head; None = the head's default.")
+    lexical: bool = Field(True, description="Also train the lexical head (word/character n-grams of the FAQ's questions "
+                          "and answers) with `head`; its weight (maybe 0) is chosen on held-out similar questions. "
+                          "Ignored with `head: none`.")
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> "FaqConfig":

@@ -187,7 +187,7 @@ class FaqMatcher:
         for faq_id in sorted(rows):
             for _, text in rows[faq_id]:
                 exact.setdefault(normalize_question(text), faq_id)
-        bank = self._bank(rows, vecs)
+        bank = self._bank(rows, vecs, faqs if self.cfg.lexical else None)
         han = "".join(_HAN.findall("".join(bank.texts)))
         simplify = bool(han) and sum(ch in _TRAD_SET for ch in han) / len(han) < 0.01
         label_of = dict(zip(bank.qids.tolist(), bank.labels.tolist()))
@@ -196,12 +196,14 @@ class FaqMatcher:
         info = {**info, "encoders": [e.name for e in self.encoders], "generation": gen,
                 "refresh_ms": round((time.perf_counter() - t0) * 1000, 1)}
         logger.info("FAQ matcher ready: %d FAQs, %d questions, head %s (%s), %.0f ms", bank.n_classes, len(bank),
-                    self.cfg.head if head is not None else "none", info.get("reason", ""), info["refresh_ms"])
+                    _head_label(head), info.get("reason", ""), info["refresh_ms"])
         return _State(gen, faqs, exact, scorer, label_of, kb.faq_index().sparse, simplify, info)
 
-    def _bank(self, rows: dict[str, list[tuple[int, str]]], vecs: list[tuple[np.ndarray, np.ndarray]]) -> fh.Bank:
+    def _bank(self, rows: dict[str, list[tuple[int, str]]], vecs: list[tuple[np.ndarray, np.ndarray]],
+              faqs: dict[str, Faq] | None = None) -> fh.Bank:
         """Rows grouped by FAQ (sorted ids), the standard question first (store order); a FAQ whose questions
-        lack a vector of some encoder is skipped with a warning."""
+        lack a vector of some encoder is skipped with a warning. With `faqs`, the bank carries their answers (training
+        text of the lexical head)."""
         pos = [dict(zip(ids.tolist(), range(len(ids)))) for ids, _ in vecs]
         faq_ids, labels, qids, texts, standard = [], [], [], [], []
         for faq_id in sorted(rows):
@@ -220,8 +222,9 @@ class FaqMatcher:
         parts = [m[[p[q] for q in qids]] if qids else np.zeros((0, enc.dim), np.float32)
                  for (_, m), p, enc in zip(vecs, pos, self.encoders)]
         mat = np.ascontiguousarray(np.concatenate(parts, axis=1) / np.sqrt(len(parts)), dtype=np.float32)
+        answers = [faqs[f].answer for f in faq_ids] if faqs is not None else None
         return fh.Bank(faq_ids, np.asarray(labels, np.int64), mat, texts, np.asarray(qids, np.int64),
-                       np.asarray(standard, bool))
+                       np.asarray(standard, bool), answers)
 
     def _model(self, bank: fh.Bank, gen: int) -> tuple[fh.HeadModel | None, float, dict]:
         """The persisted model when it was fitted on these questions, else a (warm-started) retrain."""
@@ -234,13 +237,14 @@ class FaqMatcher:
             if meta.get("fingerprint") == fingerprint:
                 if meta.get("generation") != gen:
                     fh.update_meta(d, cfg.head, {**meta, "generation": gen})
-                head = models.get("final") if meta["check"].get("head_used") else None
+                used = meta["check"].get("head_used") or meta["check"].get("lex_used")
+                head = models.get("final") if used else None
                 return head, float(meta["check"].get("bm25_weight", 0.0)), {**meta["check"], "loaded": True}
         if len(bank) == 0:
             return None, 0.0, {"head_used": False, "reason": "no FAQ questions"}
         warm = saved[1] if saved is not None and saved[0].get("encoders") == [e.name for e in self.encoders] else None
         head, w, rec = fh.fit_matcher(cfg.head, bank, fh.bank_bm25_fn, aggregate=cfg.aggregate, use_bm25=cfg.bm25,
-                                      init=warm, steps=cfg.train_steps)
+                                      lexical=cfg.lexical, init=warm, steps=cfg.train_steps)
         check = rec.pop("_check", None)
         models = {k: m for k, m in (("final", head), ("check", check)) if m is not None}
         rec["warm_start"] = bool(warm)
@@ -289,8 +293,9 @@ class FaqMatcher:
         bm25 = None
         if sc.bm25_weight > 0 and st.sparse is not None:
             bm25 = fh.bm25_scores(st.sparse, st.label_of, bank.n_classes, [qtext])
+        lex = sc.head.lex_scores([qtext]) if sc.head is not None else None
         with _one_blas_thread():  # a few MFLOP: threads only add wake-up latency, worse on a busy machine
-            ranked = sc.rank(q, bm25, k)
+            ranked = sc.rank(q, bm25, k, lex=lex)
         out = []
         for r in ranked:
             scores = {"raw": round(r["score"], 4), "dense": round(r["dense"], 4)}
@@ -298,9 +303,18 @@ class FaqMatcher:
                 scores["bm25"] = round(r["bm25"], 4)
             if r["head"] is not None:
                 scores["head"] = round(r["head"], 4)
+            if r["lex"] is not None:
+                scores["lex"] = round(r["lex"], 4)
+
             out.append(FaqMatch(faq=st.faqs[bank.faq_ids[r["faq"]]], score=round(float(decision_score(r["score"])), 4),
                                 matched_question=bank.texts[r["row"]], scores=scores))
         return out
+
+
+def _head_label(head: fh.HeadModel | None) -> str:
+    if head is None:
+        return "none"
+    return head.kind + (f" + lexical (weight {head.lex_weight})" if head.uses_lex else "")
 
 
 _controller = None

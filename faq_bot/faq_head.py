@@ -11,12 +11,15 @@ Signals, per FAQ (never per question):
           initialised at the FAQ centroids; its logit / scale is cosine-like.
           `adapter`: a linear map of the embedding space trained contrastively on pairs of questions of the
           same FAQ (in-batch negatives, as llama-index's linear adapter), then the dense signal in that space.
+  lex     log P(FAQ | text) of a softmax over hashed word/character n-grams trained on the FAQ's questions and
+          answers (`faq_lexical.py`), clipped at -20.
 
-untrained score u = dense + w_bm25 * bm25; trained score r = a * head + (1 - a) * u. `w_bm25` and `a` are
-chosen on held-out similar questions of the FAQ itself (one per FAQ with >= 2 similar questions); the same
-held-out questions decide whether the trained head is kept at all: it must not be worse than the untrained
-matcher, otherwise the stage falls back to `u` (the check is written to faq_head_<kind>.json beside the model).
-Training is numpy (Adam, minibatches): seconds on CPU for 15k questions, warm-started from the previous model.
+untrained score u = dense + w_bm25 * bm25; trained score r = a * head + (1 - a) * u + w_lex * lex. `w_bm25`, `a`
+and `w_lex` are chosen on held-out similar questions of the FAQ itself (one per FAQ with >= 2 similar questions);
+the same held-out questions decide whether the dense head is kept at all: it must not be worse than the untrained
+matcher, otherwise the stage falls back to `u` (+ lex when that helps; the check is written to
+faq_head_<kind>.json beside the model). Training is numpy (Adam, minibatches): seconds on CPU for 15k questions,
+warm-started from the previous model.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from .faq_lexical import DEFAULT_DIM as LEX_DIM
+from .faq_lexical import LexModel, fit_lexical
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["HEAD_KINDS", "Bank", "HeadModel", "Scorer", "fit_matcher", "holdout_mask", "load_model", "save_model",
@@ -39,9 +45,14 @@ __all__ = ["HEAD_KINDS", "Bank", "HeadModel", "Scorer", "fit_matcher", "holdout_
 
 HeadKind = Literal["none", "logreg", "adapter"]
 HEAD_KINDS: tuple[str, ...] = ("none", "logreg", "adapter")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BM25_WEIGHTS = (0.0, 0.1, 0.2, 0.3)
 HEAD_WEIGHTS = (0.5, 0.75, 1.0)
+# weight of the lexical head's log-probability; ties on held-out top-1 go to LEX_PRIOR, the weight that separated
+# out-of-scope questions best on CLINC150 val (README, "FAQ matching"), since held-out top-1 cannot see that
+LEX_WEIGHTS = (0.0, 0.02, 0.05, 0.1)
+LEX_PRIOR = 0.05
+LEX_MAX_CELLS = 1 << 26  # FAQs x hashed features of the lexical head (256 MB as float32): the dim shrinks above
 SCALE = 20.0  # logit scale (inverse temperature) of the logreg head and the adapter's contrastive loss
 
 
@@ -58,6 +69,7 @@ class Bank:
     texts: list[str]
     qids: np.ndarray  # (n,) int64: store ids of the questions
     standard: np.ndarray  # (n,) bool: the FAQ's standard question
+    answers: list[str] | None = None  # (C,) the FAQ answers (training text of the lexical head), None = unused
     starts: np.ndarray = field(init=False)  # (C,) first row of each FAQ
     counts: np.ndarray = field(init=False)  # (C,) rows per FAQ
 
@@ -78,7 +90,7 @@ class Bank:
     def subset(self, keep: np.ndarray) -> "Bank":
         """The rows where `keep` is True (every FAQ must keep at least one row)."""
         return Bank(self.faq_ids, self.labels[keep], self.vectors[keep], [t for t, k in zip(self.texts, keep) if k],
-                    self.qids[keep], self.standard[keep])
+                    self.qids[keep], self.standard[keep], self.answers)
 
     def fingerprint(self) -> str:
         h = hashlib.sha1()
@@ -86,7 +98,18 @@ class Bank:
             h.update(f.encode("utf-8") + b"\x00")
             for t in self.texts[self.starts[i]:self.starts[i] + self.counts[i]]:
                 h.update(t.encode("utf-8") + b"\x01")
+            if self.answers is not None:
+                h.update(self.answers[i].encode("utf-8") + b"\x02")
         return h.hexdigest()
+
+    def lexical_corpus(self) -> tuple[list[str], np.ndarray]:
+        """Training rows of the lexical head: every question, then every non-empty answer, with FAQ labels."""
+        texts, labels = list(self.texts), [self.labels]
+        if self.answers is not None:
+            extra = [(a, c) for c, a in enumerate(self.answers) if a and a.strip()]
+            texts += [a for a, _ in extra]
+            labels.append(np.asarray([c for _, c in extra], np.int64))
+        return texts, np.concatenate(labels)
 
     def aggregate(self, sims: np.ndarray, how: str = "max") -> np.ndarray:
         """(m, n) question scores -> (m, C) FAQ scores: max, or the mean of the two best (one question: itself)."""
@@ -130,6 +153,16 @@ class HeadModel:
     b: np.ndarray | None = None  # logreg: (C,)
     A: np.ndarray | None = None  # adapter: (D, D)
     head_weight: float = 1.0
+    lex: LexModel | None = None  # the lexical head, used with `lex_weight` > 0 (also with kind "none")
+    lex_weight: float = 0.0
+
+    @property
+    def uses_lex(self) -> bool:
+        return self.lex is not None and self.lex_weight > 0
+
+    def lex_scores(self, texts: Sequence[str]) -> np.ndarray | None:
+        """(m, C) log-probabilities of the lexical head for `texts`, None when it is not used."""
+        return self.lex.log_proba(texts) if self.uses_lex else None
 
     def head_scores(self, q: np.ndarray, bank: Bank, aggregate: str, adapted: np.ndarray | None = None) -> np.ndarray:
         """(m, D) queries -> (m, C) cosine-like head scores (`adapted`: the bank already mapped by `adapt`)."""
@@ -292,29 +325,35 @@ class Scorer:
     head: HeadModel | None = None
     _adapted: np.ndarray | None = field(default=None, init=False, repr=False)
 
-    def scores(self, q: np.ndarray, bm25: np.ndarray | None) -> dict[str, np.ndarray]:
-        """Every signal for a batch of queries, (m, C) each; `score` is the one FAQs are ranked and decided by."""
+    def scores(self, q: np.ndarray, bm25: np.ndarray | None, lex: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every signal for a batch of queries, (m, C) each; `score` is the one FAQs are ranked and decided by.
+        `lex`: the lexical head's log-probabilities of the same queries (`HeadModel.lex_scores`)."""
         dense = self.bank.aggregate(q @ self.bank.vectors.T, self.aggregate)
         u = dense + self.bm25_weight * bm25 if bm25 is not None and self.bm25_weight else dense
         out = {"dense": dense, "untrained": u}
         if bm25 is not None:
             out["bm25"] = bm25
-        if self.head is None or self.head.kind == "none":
-            out["score"] = u
-            return out
-        if self.head.kind == "adapter" and self._adapted is None:
-            self._adapted = self.head.adapt(self.bank.vectors)
-        h = self.head.head_scores(q, self.bank, self.aggregate, self._adapted)
-        a = self.head.head_weight
-        out["head"] = h
-        out["score"] = a * h + (1 - a) * u
+        score = u
+        if self.head is not None and self.head.kind != "none":
+            if self.head.kind == "adapter" and self._adapted is None:
+                self._adapted = self.head.adapt(self.bank.vectors)
+            h = self.head.head_scores(q, self.bank, self.aggregate, self._adapted)
+            a = self.head.head_weight
+            out["head"] = h
+            score = a * h + (1 - a) * u
+        if lex is not None and self.head is not None and self.head.uses_lex:
+            out["lex"] = lex
+            score = score + self.head.lex_weight * lex
+        out["score"] = score
         return out
 
 
-    def rank(self, q: np.ndarray, bm25: np.ndarray | None, k: int, pool: int = 50) -> list[dict]:
+    def rank(self, q: np.ndarray, bm25: np.ndarray | None, k: int, pool: int = 50,
+             lex: np.ndarray | None = None) -> list[dict]:
         """One query (1, D): the `k` best FAQs, best first, each {"faq": index, "score", "dense", "head", "bm25",
-        "row": its best question}. With a head, only its `max(pool, 4k)` best FAQs get the dense/BM25 signals
-        (the dense pass over every question is the cost at 10k+ questions); their ranking equals `scores`'."""
+        "lex", "row": its best question}. With a head, only the `max(pool, 4k)` FAQs best by the head (+ lex) get
+        the dense/BM25 signals (the dense pass over every question is the cost at 10k+ questions); their ranking
+        equals `scores`'."""
         bank = self.bank
         if len(bank) == 0:
             return []
@@ -323,19 +362,28 @@ class Scorer:
             if self.head.kind == "adapter" and self._adapted is None:
                 self._adapted = self.head.adapt(bank.vectors)
             h = self.head.head_scores(q, bank, self.aggregate, self._adapted)[0]
+        lx = lex[0] if lex is not None and self.head is not None and self.head.uses_lex else None
         n_pool = max(pool, 4 * k)
         if h is not None and n_pool < bank.n_classes:
-            cand = np.argpartition(-h, n_pool - 1)[:n_pool]
+            pre = self.head.head_weight * h + (self.head.lex_weight * lx if lx is not None else 0.0)
+            cand = np.argpartition(-pre, n_pool - 1)[:n_pool]
         else:
             cand = np.arange(bank.n_classes)
         counts = bank.counts[cand]
         local = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         rows = np.repeat(bank.starts[cand] - local, counts) + np.arange(int(counts.sum()))
-        sims = (q @ bank.vectors[rows].T)[0] if len(cand) < bank.n_classes else (q @ bank.vectors.T)[0]
+        if len(cand) == bank.n_classes:
+            sims = (q @ bank.vectors.T)[0]
+        elif 4 * len(rows) > len(bank):  # gathering most of the bank costs more than the product over all of it
+            sims = (q @ bank.vectors.T)[0][rows]
+        else:
+            sims = (q @ bank.vectors[rows].T)[0]
         dense = aggregate(sims[None, :], local, counts, self.aggregate)[0]
         b = bm25[0, cand] if bm25 is not None else None
         u = dense + self.bm25_weight * b if b is not None and self.bm25_weight else dense
         score = u if h is None else self.head.head_weight * h[cand] + (1 - self.head.head_weight) * u
+        if lx is not None:
+            score = score + self.head.lex_weight * lx[cand]
         k = min(k, len(cand))
         top = np.argpartition(-score, k - 1)[:k] if k < len(cand) else np.arange(len(cand))
         top = top[np.argsort(-score[top], kind="stable")]
@@ -344,7 +392,7 @@ class Scorer:
             best = local[j] + int(np.argmax(sims[local[j]:local[j] + counts[j]]))
             out.append({"faq": int(cand[j]), "score": float(score[j]), "dense": float(dense[j]),
                         "head": None if h is None else float(h[cand[j]]), "bm25": None if b is None else float(b[j]),
-                        "row": int(rows[best])})
+                        "lex": None if lx is None else float(lx[cand[j]]), "row": int(rows[best])})
         return out
 
 
@@ -353,33 +401,54 @@ def _top1(scores: np.ndarray, gold: np.ndarray) -> float:
 
 
 def fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str = "max", use_bm25: bool = True,
-                init: dict | None = None, steps: int | None = None) -> tuple[HeadModel | None, float, dict]:
+                lexical: bool = False, init: dict | None = None,
+                steps: int | None = None) -> tuple[HeadModel | None, float, dict]:
     """One BLAS thread: minibatch products are small, and more threads only fight the serving ones."""
+    kw = dict(aggregate=aggregate, use_bm25=use_bm25, lexical=lexical, init=init, steps=steps)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # optional: training is still correct, only possibly slower under load
-        return _fit_matcher(kind, bank, bm25_fn, aggregate=aggregate, use_bm25=use_bm25, init=init, steps=steps)
+        return _fit_matcher(kind, bank, bm25_fn, **kw)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_matcher(kind, bank, bm25_fn, aggregate=aggregate, use_bm25=use_bm25, init=init, steps=steps)
+        return _fit_matcher(kind, bank, bm25_fn, **kw)
 
 
-def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm25: bool, init: dict | None,
-                 steps: int | None) -> tuple[HeadModel | None, float, dict]:
-    """Choose the BM25 weight, train the head, run the held-out check, and fit the final head on everything.
+def lex_dim(n_classes: int) -> int:
+    """Hashed feature columns of the lexical head: `LEX_DIM`, halved while #FAQs x dim > `LEX_MAX_CELLS`."""
+    dim = LEX_DIM
+    while dim > 1024 and n_classes * dim > LEX_MAX_CELLS:
+        dim //= 2
+    return dim
+
+
+def _fit_lex(bank: Bank, init: HeadModel | None, *, final: bool = False) -> LexModel:
+    """The check model in full; the final one warm-started from it, a third of the steps (as the dense head)."""
+    texts, labels = bank.lexical_corpus()
+    warm = init.lex if init is not None else None
+    kw = {"steps": 100, "min_epochs": 2} if final else {}
+    return fit_lexical(texts, labels, bank.faq_ids, dim=lex_dim(bank.n_classes), init=warm, **kw)
+
+
+def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm25: bool, lexical: bool,
+                 init: dict | None, steps: int | None) -> tuple[HeadModel | None, float, dict]:
+    """Choose the BM25 weight, train the heads, run the held-out check, and fit the final heads on everything.
 
     Args:
         bm25_fn: (bank, texts) -> (m, C) normalized BM25 FAQ scores of `texts` against `bank`'s questions.
+        lexical: also train the lexical head (n-grams of questions and answers) and choose its weight.
         init: the previous run's models {"check": HeadModel, "final": HeadModel} for a warm start.
 
     Returns:
-        (final head or None when falling back / kind none, bm25 weight, check record for faq_head_<kind>.json).
+        (final head or None when neither head is used, bm25 weight, check record for faq_head_<kind>.json).
+        A dense head that fails the check comes back as kind "none" when the lexical head is still used.
     """
     t0 = time.perf_counter()
     held = holdout_mask(bank)
     rec: dict = {"kind": kind, "n_questions": int(len(bank)), "n_faqs": bank.n_classes, "n_heldout": int(held.sum()),
                  "aggregate": aggregate}
     if not held.any():
-        rec.update(head_used=False, bm25_weight=0.0, reason="no FAQ has 2 or more similar questions to hold one out")
+        rec.update(head_used=False, lex_used=False, bm25_weight=0.0,
+                   reason="no FAQ has 2 or more similar questions to hold one out")
         return None, 0.0, rec
     train = bank.subset(~held)
     q, gold, texts = bank.vectors[held], bank.labels[held], [t for t, h in zip(bank.texts, held) if h]
@@ -393,35 +462,62 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
     rec.update(bm25_weight=w_best, untrained_top1=round(untrained_acc, 4),
                untrained_top1_by_bm25_weight={str(w): round(acc_by_w[w], 4) for w in weights})
     if kind == "none":
-        rec.update(head_used=False, reason="faq.head is none", ms=round((time.perf_counter() - t0) * 1000, 1))
+        rec.update(head_used=False, lex_used=False, reason="faq.head is none",
+                   ms=round((time.perf_counter() - t0) * 1000, 1))
         return None, w_best, rec
 
-    # the head, trained without the held-out questions (warm start from the previous check model)
+    # the dense head, trained without the held-out questions (warm start from the previous check model)
+    prev_check = (init or {}).get("check")
     t1 = time.perf_counter()
-    check = fit_head(kind, train, (init or {}).get("check"), steps)
+    check = fit_head(kind, train, prev_check, steps)
     rec["check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)
-    sc = Scorer(train, aggregate, w_best, check)
-    sig = sc.scores(q, bm25)
+    sig = Scorer(train, aggregate, w_best, check).scores(q, bm25)
     acc_by_a = {a: _top1(a * sig["head"] + (1 - a) * sig["untrained"], gold) for a in HEAD_WEIGHTS}
     a_best = max(HEAD_WEIGHTS, key=lambda a: (acc_by_a[a], -abs(a - 0.75)))  # ties: the even blend
     trained_acc = acc_by_a[a_best]
     check.head_weight = a_best
-    rec.update(head_weight=a_best, trained_top1=round(trained_acc, 4),
+    head_used = trained_acc >= untrained_acc
+    rec.update(head_weight=a_best, trained_top1=round(trained_acc, 4), head_used=head_used,
                trained_top1_by_head_weight={str(a): round(acc_by_a[a], 4) for a in HEAD_WEIGHTS})
-    if trained_acc < untrained_acc:
-        rec.update(head_used=False, reason=f"trained {trained_acc:.4f} < untrained {untrained_acc:.4f} on held-out "
-                                           "similar questions: fell back to the untrained matcher")
+    if head_used:
+        base, base_acc = a_best * sig["head"] + (1 - a_best) * sig["untrained"], trained_acc
+        rec["reason"] = "trained >= untrained on held-out similar questions"
+    else:
+        base, base_acc = sig["untrained"], untrained_acc
+        rec["reason"] = (f"trained {trained_acc:.4f} < untrained {untrained_acc:.4f} on held-out similar questions: "
+                         "fell back to the untrained matcher")
         logger.warning("FAQ head (%s) worse than the untrained matcher on %d held-out questions (%.3f < %.3f): "
                        "falling back", kind, int(held.sum()), trained_acc, untrained_acc)
+
+    # the lexical head on the same split; its weight (maybe 0) is chosen on the same held-out questions
+    lex_w = 0.0
+    if lexical:
+        t1 = time.perf_counter()
+        check.lex = _fit_lex(train, prev_check)
+        rec["lex_check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)
+        lp = check.lex.log_proba(texts)
+        acc_by_l = {w: _top1(base + w * lp, gold) for w in LEX_WEIGHTS}
+        lex_w = max(LEX_WEIGHTS, key=lambda w: (acc_by_l[w], -abs(w - LEX_PRIOR)))
+        check.lex_weight = lex_w
+        rec.update(lex_weight=lex_w, lex_dim=check.lex.dim, top1_with_lex=round(acc_by_l[lex_w], 4),
+                   top1_by_lex_weight={str(w): round(acc_by_l[w], 4) for w in LEX_WEIGHTS})
+        logger.info("FAQ lexical head: weight %s (held-out top-1 %.3f -> %.3f)", lex_w, base_acc, acc_by_l[lex_w])
+    rec["lex_used"] = lex_w > 0
+    if not head_used and lex_w == 0:
         rec["ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return None, w_best, {**rec, "_check": check}
 
-    # final head on every question, warm-started from the check model
+    # final heads on every question (and answer), warm-started from the check models
     t1 = time.perf_counter()
-    final = fit_head(kind, bank, check, max(1, (steps or (1000 if kind == "logreg" else 300)) // 3))
-    final.head_weight = a_best
-    rec.update(head_used=True, reason="trained >= untrained on held-out similar questions",
-               final_train_ms=round((time.perf_counter() - t1) * 1000, 1),
+    if head_used:
+        final = fit_head(kind, bank, check, max(1, (steps or (1000 if kind == "logreg" else 300)) // 3))
+        final.head_weight = a_best
+    else:
+        final = HeadModel("none", list(bank.faq_ids))
+    if lex_w > 0:
+        final.lex = _fit_lex(bank, check, final=True)
+        final.lex_weight = lex_w
+    rec.update(final_train_ms=round((time.perf_counter() - t1) * 1000, 1),
                ms=round((time.perf_counter() - t0) * 1000, 1))
     return final, w_best, {**rec, "_check": check}
 
@@ -432,7 +528,8 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
 def model_fingerprint(bank: Bank, encoders: Sequence[str], cfg) -> str:
     """What a persisted model depends on: the questions, the encoders and the FAQ settings that shape training."""
     h = hashlib.sha1(bank.fingerprint().encode())
-    h.update(json.dumps([FORMAT_VERSION, list(encoders), cfg.head, cfg.aggregate, cfg.bm25, cfg.train_steps]).encode())
+    h.update(json.dumps([FORMAT_VERSION, list(encoders), cfg.head, cfg.aggregate, cfg.bm25, cfg.train_steps,
+                         cfg.lexical]).encode())
     return h.hexdigest()
 
 
@@ -449,11 +546,15 @@ def save_model(directory: Path, kind: str, meta: dict, models: dict[str, HeadMod
     arrays: dict[str, np.ndarray] = {}
     for name, m in models.items():
         arrays[f"{name}__faq_ids"] = np.array(m.faq_ids, dtype=str)
-        arrays[f"{name}__meta"] = np.array(json.dumps({"kind": m.kind, "head_weight": m.head_weight}))
+        arrays[f"{name}__meta"] = np.array(json.dumps({"kind": m.kind, "head_weight": m.head_weight,
+                                                       "lex_weight": m.lex_weight}))
         for k in ("W", "b", "A"):
             v = getattr(m, k)
             if v is not None:
                 arrays[f"{name}__{k}"] = v
+        if m.lex is not None:
+            arrays[f"{name}__lex_faq_ids"] = np.array(m.lex.faq_ids, dtype=str)
+            arrays[f"{name}__lex_idf"], arrays[f"{name}__lex_WT"], arrays[f"{name}__lex_b"] = m.lex.idf, m.lex.WT, m.lex.b
     tmp = directory / f".{npz.stem}.{os.getpid()}.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, npz)
@@ -473,8 +574,13 @@ def load_model(directory: Path, kind: str) -> tuple[dict, dict[str, HeadModel]] 
                 for name in meta["models"]:
                     info = json.loads(str(z[f"{name}__meta"]))
                     arr = {k: z[f"{name}__{k}"] for k in ("W", "b", "A") if f"{name}__{k}" in z.files}
+                    lex = None
+                    if f"{name}__lex_WT" in z.files:
+                        lex = LexModel([str(x) for x in z[f"{name}__lex_faq_ids"]], z[f"{name}__lex_idf"],
+                                       z[f"{name}__lex_WT"], z[f"{name}__lex_b"])
                     models[name] = HeadModel(info["kind"], [str(x) for x in z[f"{name}__faq_ids"]],
-                                             head_weight=float(info["head_weight"]), **arr)
+                                             head_weight=float(info["head_weight"]), lex=lex,
+                                             lex_weight=float(info.get("lex_weight", 0.0)), **arr)
         return meta, models
     except (OSError, ValueError, KeyError) as e:
         logger.info("FAQ head not loadable from %s (%s)", js, e)

@@ -11,7 +11,8 @@ import pytest
 from faq_bot.eval.metrics import pick_threshold, threshold_sweep
 from faq_bot.eval.runner import calibrate_faq
 from faq_bot.faq import FaqMatcher, decision_score, normalize_question, to_simplified
-from faq_bot.faq_head import Bank, Scorer, bank_bm25_fn, fit_matcher, holdout_mask, load_model
+from faq_bot.faq_head import Bank, HeadModel, Scorer, bank_bm25_fn, fit_matcher, holdout_mask, load_model, save_model
+from faq_bot.faq_lexical import LOGP_FLOOR, fit_lexical
 from faq_bot.knowledge import KnowledgeBase
 from faq_bot.schema import Faq, Query
 
@@ -87,6 +88,17 @@ def test_head_falls_back_when_training_makes_it_worse():
     assert rec["_check"] is not None  # kept for the next warm start, never used to answer
 
 
+def test_lexical_head_stays_when_the_dense_head_falls_back():
+    bank = _shuffled_faq()  # texts "s<c>-<i>": the FAQ's own word, which the lexical head learns
+    bank.answers = [f"answer for s{c}" for c in range(bank.n_classes)]
+    head, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False, lexical=True)
+    assert rec["head_used"] is False and rec["lex_used"] is True
+    assert head is not None and head.kind == "none" and head.uses_lex
+    sc = Scorer(bank, head=head)
+    out = sc.scores(bank.vectors[:2], None, head.lex_scores(bank.texts[:2]))
+    assert "head" not in out and np.allclose(out["score"], out["untrained"] + head.lex_weight * out["lex"])
+
+
 def test_holdout_takes_one_similar_question_per_faq_with_two():
     labels = np.array([0, 0, 0, 1, 1, 2])  # FAQ 0: standard + 2 similar; FAQ 1: standard + 1; FAQ 2: standard only
     bank = Bank(["a", "b", "c"], labels, np.eye(6, dtype=np.float32), ["a0", "a1", "a2", "b0", "b1", "c0"],
@@ -114,6 +126,92 @@ def test_normalize_question_folds_traditional_chinese():
     assert to_simplified("怎麼申請退貨？運費誰負責") == "怎么申请退货？运费谁负责"
     assert normalize_question("怎麼申請退貨") == normalize_question("怎么 申请 退货?")
     assert to_simplified("How do I return it?") == "How do I return it?"
+
+
+# ---------------------------------------------------------------------------- lexical head
+
+_TOPICS = {  # FAQ -> (words of its questions, its answer: holds a word no question of any FAQ uses)
+    "refund": (["refund", "money back", "reimburse"], "Refunds reach your Alipay wallet in 1-3 days."),
+    "invoice": (["invoice", "receipt", "VAT bill"], "Download the fapiao under Orders."),
+    "password": (["password", "log in", "locked out"], "Reset it under Settings, security tab."),
+    "delivery": (["delivery", "parcel", "courier"], "Zhongtong or Yunda; SF Express costs 15 more."),
+    "payment": (["pay", "card", "checkout"], "We take UnionPay, WeChat Pay and Alipay."),
+    "points": (["points", "loyalty", "rewards"], "One point per yuan; points expire yearly."),
+}
+_FRAMES = ["how does {} work", "question about {}", "help with my {}", "{} problem today", "tell me about {}",
+           "what about the {}", "i need {} info", "{} please"]
+
+
+def _text_faq(seed: int = 0, dim: int = 32) -> Bank:
+    """FAQs told apart only by their words: the dense vectors are noise, so the embedding heads cannot help."""
+    rng = np.random.default_rng(seed)
+    faq_ids, labels, texts, answers = list(_TOPICS), [], [], []
+    for c, f in enumerate(faq_ids):
+        words, answer = _TOPICS[f]
+        answers.append(answer)
+        for i, frame in enumerate(_FRAMES):
+            labels.append(c)
+            texts.append(frame.format(words[i % len(words)]))
+    labels = np.asarray(labels)
+    return Bank(faq_ids, labels, _unit(rng.normal(size=(len(labels), dim))), texts, np.arange(len(labels)),
+                np.arange(len(labels)) % len(_FRAMES) == 0, answers)
+
+
+def test_lexical_head_learns_the_words_and_the_answers():
+    bank = _text_faq()
+    head, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False, lexical=True)
+    assert rec["lex_used"] and rec["lex_weight"] > 0 and head is not None and head.uses_lex
+    assert rec["top1_with_lex"] > max(rec["untrained_top1"], rec["trained_top1"])
+    assert rec["top1_by_lex_weight"]["0.0"] < rec["top1_with_lex"]
+    # new questions, and words that only the answers hold
+    queries = ["my refund never came", "lost my password again", "which courier brings the parcel",
+               "is UnionPay accepted", "can I get a fapiao", "do you ship with SF Express", "Alipay wallet timing"]
+    gold = ["refund", "password", "delivery", "payment", "invoice", "delivery", "refund"]
+    q = _unit(np.random.default_rng(9).normal(size=(len(queries), bank.vectors.shape[1])))
+    got = Scorer(bank, head=head).scores(q, None, head.lex_scores(queries))["score"].argmax(1)
+    assert [bank.faq_ids[i] for i in got] == gold
+    # without the lexical head the same queries are chance
+    plain, _, _ = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False, lexical=False)
+    base = Scorer(bank, head=plain).scores(q, None)["score"].argmax(1)
+    assert np.mean([bank.faq_ids[i] == g for i, g in zip(base, gold)]) < 0.6
+
+
+def test_lexical_head_never_makes_held_out_questions_worse():
+    bank, _ = _nuisance_faq(seed=3)
+    rng = np.random.default_rng(3)  # words drawn at random, whatever the FAQ: they can only mislead
+    vocab = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    bank.texts = [" ".join(rng.choice(vocab, size=3)) + f" n{i}" for i in range(len(bank))]
+    bank.answers = ["" for _ in bank.faq_ids]
+    head, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False, lexical=True)
+    by_w = rec["top1_by_lex_weight"]
+    assert by_w["0.05"] < by_w["0.0"] and by_w["0.1"] < by_w["0.0"]  # the weights that hurt ...
+    assert rec["lex_weight"] in (0.0, 0.02) and rec["top1_with_lex"] == by_w["0.0"]  # ... are not taken
+    assert rec["head_used"] and head is not None
+
+
+def test_lexical_model_log_proba_warm_start_and_persistence(tmp_path):
+    bank = _text_faq(seed=4)
+    texts, labels = bank.lexical_corpus()
+    assert len(texts) == len(bank) + len(bank.faq_ids)  # every question, then every answer
+    model = fit_lexical(texts, labels, bank.faq_ids, dim=4096)
+    lp = model.log_proba(["refund", "", "???"])
+    assert lp.shape == (3, 6) and lp.min() >= LOGP_FLOOR
+    assert np.allclose(np.exp(lp[1:]).sum(1), 1.0, atol=1e-3)  # no features: the prior, a distribution
+    assert bank.faq_ids[int(lp[0].argmax())] == "refund"
+    # warm start: a seventh FAQ keeps the six learned rows as its starting point
+    bank7 = Bank([*bank.faq_ids, "gift"], np.concatenate([bank.labels, [6, 6]]),
+                 np.concatenate([bank.vectors, bank.vectors[:2]]), [*bank.texts, "gift card", "gift wrap"],
+                 np.arange(len(bank) + 2), np.concatenate([bank.standard, [True, False]]), [*bank.answers, "Wrapped."])
+    t7, l7 = bank7.lexical_corpus()
+    warm = fit_lexical(t7, l7, bank7.faq_ids, dim=4096, init=model, steps=1, min_epochs=1, lr=1e-6)
+    assert np.allclose(warm.WT[:, :6], model.WT, atol=1e-3) and np.allclose(warm.WT[:, 6], 0.0, atol=1e-3)
+    # saved with the head and loaded back bit for bit
+    head = HeadModel("none", bank.faq_ids, lex=model, lex_weight=0.05)
+    save_model(tmp_path, "logreg", {"check": {"lex_used": True}}, {"final": head})
+    _, models = load_model(tmp_path, "logreg")
+    back = models["final"]
+    assert back.kind == "none" and back.lex_weight == 0.05 and back.uses_lex
+    assert np.array_equal(back.lex_scores(["refund", "parcel"]), head.lex_scores(["refund", "parcel"]))
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -208,14 +306,22 @@ def test_adding_a_faq_retrains_the_head_and_a_restart_does_not(tmp_path, faq_enc
     assert again.match(Query(text="how many days until my package gets here")).best.faq.id == "f-shipping"
 
 
-def test_rank_of_one_query_equals_the_batch_scores():
+@pytest.mark.parametrize("lexical", [False, True])
+def test_rank_of_one_query_equals_the_batch_scores(lexical):
     bank, draw = _nuisance_faq(seed=2, n_faqs=30, per=6)
     head, w, _ = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False)
-    sc = Scorer(bank, "top2_mean", 0.0, head)
     q = np.concatenate([draw(c, 1) for c in range(30)])
-    full = sc.scores(q, None)["score"]
+    texts = [f"q{c}-{c * 6 + 1}" for c in range(30)]  # each FAQ's own word: the lexical head knows it
+    if lexical:
+        bank.answers = [f"answer {c}" for c in range(30)]
+        t, lab = bank.lexical_corpus()
+        head.lex, head.lex_weight = fit_lexical(t, lab, bank.faq_ids, dim=2048), 0.05
+    sc = Scorer(bank, "top2_mean", 0.0, head)
+    lex = head.lex_scores(texts)
+    full = sc.scores(q, None, lex)["score"]
     for i in range(len(q)):
-        ranked = sc.rank(q[i:i + 1], None, k=3, pool=8)  # pool < FAQs: only the head's best 12 get dense scores
+        one = None if lex is None else lex[i:i + 1]
+        ranked = sc.rank(q[i:i + 1], None, k=3, pool=8, lex=one)  # pool < FAQs: only the best 12 get dense scores
         assert [r["faq"] for r in ranked] == list(np.argsort(-full[i], kind="stable")[:3])
         assert ranked[0]["score"] == pytest.approx(full[i].max(), abs=1e-5)
         assert bank.labels[ranked[0]["row"]] == ranked[0]["faq"]
