@@ -106,7 +106,8 @@ def _one_size(ctx: PartContext, n: int, faqs, stream: QueryStream, model: str, h
         matcher.warm_up()  # builds the matcher: question bank, BM25, and trains the head (persisted beside the index)
         sync_s = now() - t0
         info = matcher.info()
-        raw["matcher"] = {k: info.get(k) for k in ("kind", "head_used", "bm25_weight", "reason", "refresh_ms")}
+        raw["matcher"] = {k: info.get(k) for k in ("kind", "head_used", "bm25_weight", "lex_used", "lex_weight",
+                                                   "check_train_ms", "lex_check_train_ms", "reason", "refresh_ms")}
         # Tuned variant: same store, index and persisted head, `embed.threads: 1`.
         cfg_t = bench_config(d, **{**over, "embed.threads": 1})
         kb_t = KnowledgeBase(cfg_t)
@@ -183,7 +184,8 @@ def _one_size(ctx: PartContext, n: int, faqs, stream: QueryStream, model: str, h
     res.add(figure(f"faq_{tag}_build", f"FAQ index + matcher build from stored vectors (sync + warm_up), {tag}"
                    + head_note, sync_s, "s",
                    peer_label="llama-index VectorStoreIndex build", peer=peer_build_s,
-                   note=f"head: {raw['matcher'].get('kind')}, used {raw['matcher'].get('head_used')}; store insert "
+                   note=f"head: {raw['matcher'].get('kind')}, used {raw['matcher'].get('head_used')}, lexical weight "
+                        f"{raw['matcher'].get('lex_weight')}; store insert "
                         f"{raw['store_s']} s; embeddings {'cached' if not emb_info['computed'] else 'computed'}"))
     return sync_s
 

@@ -65,7 +65,7 @@ class IngestConfig(_Section):
 
 
 class FaqConfig(_Section):
-    answer_threshold: float = Field(0.54, description="FAQ score at or above which the FAQ answer is returned directly "
+    answer_threshold: float = Field(0.61, description="FAQ score at or above which the FAQ answer is returned directly "
                                     "(calibrate with `eval faq --calibrate`).")
     suggest_threshold: float = Field(0.47, description="FAQ score at or above which 'did you mean' suggestions are shown.")
     top_k: int = Field(20, gt=0, description="FAQ candidates kept per question (trace, suggestions).")

@@ -293,8 +293,8 @@ class FaqMatcher:
         bm25 = None
         if sc.bm25_weight > 0 and st.sparse is not None:
             bm25 = fh.bm25_scores(st.sparse, st.label_of, bank.n_classes, [qtext])
-        lex = sc.head.lex_scores([qtext]) if sc.head is not None else None
         with _one_blas_thread():  # a few MFLOP: threads only add wake-up latency, worse on a busy machine
+            lex = sc.head.lex_scores([qtext]) if sc.head is not None else None
             ranked = sc.rank(q, bm25, k, lex=lex)
         out = []
         for r in ranked:
@@ -305,7 +305,6 @@ class FaqMatcher:
                 scores["head"] = round(r["head"], 4)
             if r["lex"] is not None:
                 scores["lex"] = round(r["lex"], 4)
-
             out.append(FaqMatch(faq=st.faqs[bank.faq_ids[r["faq"]]], score=round(float(decision_score(r["score"])), 4),
                                 matched_question=bank.texts[r["row"]], scores=scores))
         return out

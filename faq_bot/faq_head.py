@@ -421,12 +421,12 @@ def lex_dim(n_classes: int) -> int:
     return dim
 
 
-def _fit_lex(bank: Bank, init: HeadModel | None, *, final: bool = False) -> LexModel:
-    """The check model in full; the final one warm-started from it, a third of the steps (as the dense head)."""
+def _fit_lex(bank: Bank, init: LexModel | None = None, *, final: bool = False) -> LexModel:
+    """The check model from scratch (a few epochs, seconds; nothing of the held-out questions can leak in from an
+    earlier final model); the final one warm-started from the check model, a third of the steps."""
     texts, labels = bank.lexical_corpus()
-    warm = init.lex if init is not None else None
     kw = {"steps": 100, "min_epochs": 2} if final else {}
-    return fit_lexical(texts, labels, bank.faq_ids, dim=lex_dim(bank.n_classes), init=warm, **kw)
+    return fit_lexical(texts, labels, bank.faq_ids, dim=lex_dim(bank.n_classes), init=init, **kw)
 
 
 def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm25: bool, lexical: bool,
@@ -490,16 +490,16 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
                        "falling back", kind, int(held.sum()), trained_acc, untrained_acc)
 
     # the lexical head on the same split; its weight (maybe 0) is chosen on the same held-out questions
-    lex_w = 0.0
-    if lexical:
+    lex_w, check_lex = 0.0, None
+    if lexical:  # (the check model keeps only the weight: its lexical part is not persisted, see _fit_lex)
         t1 = time.perf_counter()
-        check.lex = _fit_lex(train, prev_check)
+        check_lex = _fit_lex(train)
         rec["lex_check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)
-        lp = check.lex.log_proba(texts)
+        lp = check_lex.log_proba(texts)
         acc_by_l = {w: _top1(base + w * lp, gold) for w in LEX_WEIGHTS}
         lex_w = max(LEX_WEIGHTS, key=lambda w: (acc_by_l[w], -abs(w - LEX_PRIOR)))
         check.lex_weight = lex_w
-        rec.update(lex_weight=lex_w, lex_dim=check.lex.dim, top1_with_lex=round(acc_by_l[lex_w], 4),
+        rec.update(lex_weight=lex_w, lex_dim=check_lex.dim, top1_with_lex=round(acc_by_l[lex_w], 4),
                    top1_by_lex_weight={str(w): round(acc_by_l[w], 4) for w in LEX_WEIGHTS})
         logger.info("FAQ lexical head: weight %s (held-out top-1 %.3f -> %.3f)", lex_w, base_acc, acc_by_l[lex_w])
     rec["lex_used"] = lex_w > 0
@@ -515,7 +515,7 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
     else:
         final = HeadModel("none", list(bank.faq_ids))
     if lex_w > 0:
-        final.lex = _fit_lex(bank, check, final=True)
+        final.lex = _fit_lex(bank, check_lex, final=True)
         final.lex_weight = lex_w
     rec.update(final_train_ms=round((time.perf_counter() - t1) * 1000, 1),
                ms=round((time.perf_counter() - t0) * 1000, 1))
@@ -554,7 +554,9 @@ def save_model(directory: Path, kind: str, meta: dict, models: dict[str, HeadMod
                 arrays[f"{name}__{k}"] = v
         if m.lex is not None:
             arrays[f"{name}__lex_faq_ids"] = np.array(m.lex.faq_ids, dtype=str)
-            arrays[f"{name}__lex_idf"], arrays[f"{name}__lex_WT"], arrays[f"{name}__lex_b"] = m.lex.idf, m.lex.WT, m.lex.b
+            rows = np.flatnonzero(np.any(m.lex.WT != 0, axis=1))  # features never seen in training stay 0: not stored
+            arrays[f"{name}__lex_idf"], arrays[f"{name}__lex_b"] = m.lex.idf, m.lex.b
+            arrays[f"{name}__lex_rows"], arrays[f"{name}__lex_WT"] = rows, m.lex.WT[rows]
     tmp = directory / f".{npz.stem}.{os.getpid()}.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, npz)
@@ -576,8 +578,10 @@ def load_model(directory: Path, kind: str) -> tuple[dict, dict[str, HeadModel]] 
                     arr = {k: z[f"{name}__{k}"] for k in ("W", "b", "A") if f"{name}__{k}" in z.files}
                     lex = None
                     if f"{name}__lex_WT" in z.files:
-                        lex = LexModel([str(x) for x in z[f"{name}__lex_faq_ids"]], z[f"{name}__lex_idf"],
-                                       z[f"{name}__lex_WT"], z[f"{name}__lex_b"])
+                        idf, b = z[f"{name}__lex_idf"], z[f"{name}__lex_b"]
+                        WT = np.zeros((len(idf), len(b)), np.float32)
+                        WT[z[f"{name}__lex_rows"]] = z[f"{name}__lex_WT"]
+                        lex = LexModel([str(x) for x in z[f"{name}__lex_faq_ids"]], idf, WT, b)
                     models[name] = HeadModel(info["kind"], [str(x) for x in z[f"{name}__faq_ids"]],
                                              head_weight=float(info["head_weight"]), lex=lex,
                                              lex_weight=float(info.get("lex_weight", 0.0)), **arr)

@@ -58,13 +58,18 @@ def ngram_features(text: str) -> list[str]:
     return grams
 
 
+def _hashed(text: str, dim: int) -> dict[int, int]:
+    row: dict[int, int] = {}
+    for g in ngram_features(text):
+        h = zlib.crc32(g.encode("utf-8")) % dim
+        row[h] = row.get(h, 0) + 1
+    return row
+
+
 def _counts(texts: Sequence[str], dim: int) -> sp.csr_matrix:
     indptr, cols, vals = [0], [], []
     for text in texts:
-        row: dict[int, int] = {}
-        for g in ngram_features(text):
-            h = zlib.crc32(g.encode("utf-8")) % dim
-            row[h] = row.get(h, 0) + 1
+        row = _hashed(text, dim)
         cols.extend(row)
         vals.extend(row.values())
         indptr.append(len(cols))
@@ -101,18 +106,25 @@ class LexModel:
 
     def log_proba(self, texts: Sequence[str]) -> np.ndarray:
         """(m, C) log-probabilities, clipped at `LOGP_FLOOR`; a text without features gets the prior (b)."""
-        x = self.features(texts)
-        z = np.empty((x.shape[0], len(self.b)), np.float32)
-        for i in range(x.shape[0]):  # one query at serving time: gather its ~100 rows
-            lo, hi = x.indptr[i], x.indptr[i + 1]
-            z[i] = x.data[lo:hi] @ self.WT[x.indices[lo:hi]] + self.b
+        if len(texts) == 1:  # serving: one question, no sparse-matrix overhead; the same numbers as below
+            row = _hashed(texts[0], self.dim)
+            cols = np.fromiter(row, np.int64, len(row))
+            vals = (1.0 + np.log(np.fromiter(row.values(), np.float32, len(row)))) * self.idf[cols]
+            vals /= max(float(np.sqrt(vals @ vals)), 1e-9)
+            z = (vals @ self.WT[cols] + self.b)[None, :].astype(np.float32)
+        else:
+            x = self.features(texts)
+            z = np.empty((x.shape[0], len(self.b)), np.float32)
+            for i in range(x.shape[0]):  # gather each text's ~100 rows
+                lo, hi = x.indptr[i], x.indptr[i + 1]
+                z[i] = x.data[lo:hi] @ self.WT[x.indices[lo:hi]] + self.b
         z -= z.max(1, keepdims=True)
         z -= np.log(np.exp(z).sum(1, keepdims=True))
         return np.maximum(z, LOGP_FLOOR)
 
 
 def fit_lexical(texts: Sequence[str], labels: np.ndarray, faq_ids: Sequence[str], *, dim: int = DEFAULT_DIM,
-                init: LexModel | None = None, steps: int = 300, min_epochs: int = 5, lr: float = 0.01,
+                init: LexModel | None = None, steps: int = 300, min_epochs: int = 3, lr: float = 0.02,
                 batch_size: int = 64, seed: int = 0) -> LexModel:
     """Softmax regression on hashed TF-IDF n-grams of `texts` (label = FAQ index into `faq_ids`).
 
@@ -142,6 +154,8 @@ def fit_lexical(texts: Sequence[str], labels: np.ndarray, faq_ids: Sequence[str]
     total = epochs * per_epoch
     m, v = np.zeros_like(WT), np.zeros_like(WT)
     mb, vb = np.zeros_like(b), np.zeros_like(b)
+    # per-step work buffers, reused: fresh (T, C) temporaries would page-fault on every step at large C
+    bufs = np.empty((4, 0, C), np.float32)
     rng = np.random.default_rng(seed)
     t = 0
     for _ in range(epochs):
@@ -151,20 +165,38 @@ def fit_lexical(texts: Sequence[str], labels: np.ndarray, faq_ids: Sequence[str]
             idx = perm[i:i + batch_size]
             xb = X[idx]
             cols, local = np.unique(xb.indices, return_inverse=True)  # the batch's features, renumbered 0..T-1
-            xs = sp.csr_matrix((xb.data, local.reshape(-1), xb.indptr), shape=(len(idx), len(cols)))
-            w = WT[cols]
+            T = len(cols)
+            if bufs.shape[1] < T:
+                bufs = np.empty((4, max(T, 2 * bufs.shape[1]), C), np.float32)
+            w, mm, vv, g = (bufs[k, :T] for k in range(4))
+            xs = sp.csr_matrix((xb.data, local.reshape(-1), xb.indptr), shape=(len(idx), T))
+            np.take(WT, cols, axis=0, out=w)
             z = xs @ w + b
             z -= z.max(1, keepdims=True)
             p = np.exp(z)
             p /= p.sum(1, keepdims=True)
             p[np.arange(len(idx)), labels[idx]] -= 1.0
             p /= len(idx)
-            g, gb = np.asarray(xs.T @ p), p.sum(0)
+            g[...] = xs.T @ p
+            gb = p.sum(0)
             rate = lr * (1.0 - (t - 1) / total)
-            mm = 0.9 * m[cols] + 0.1 * g
-            vv = 0.999 * v[cols] + 0.001 * g * g
-            m[cols], v[cols] = mm, vv
-            WT[cols] = w - rate * mm / (np.sqrt(vv) + 1e-8)
+            # Adam on the touched rows only, in place
+            np.take(m, cols, axis=0, out=mm)
+            mm *= 0.9
+            mm += 0.1 * g
+            m[cols, :] = mm
+            g *= g
+            g *= 0.001
+            np.take(v, cols, axis=0, out=vv)
+            vv *= 0.999
+            vv += g
+            v[cols, :] = vv
+            np.sqrt(vv, out=vv)
+            vv += 1e-8
+            np.divide(mm, vv, out=mm)
+            mm *= rate
+            w -= mm
+            WT[cols, :] = w
             mb[:] = 0.9 * mb + 0.1 * gb
             vb[:] = 0.999 * vb + 0.001 * gb * gb
             b -= rate * mb / (np.sqrt(vb) + 1e-8)
