@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -491,7 +492,7 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
 
     # the lexical head on the same split; its weight (maybe 0) is chosen on the same held-out questions
     lex_w, check_lex = 0.0, None
-    if lexical:  # (the check model keeps only the weight: its lexical part is not persisted, see _fit_lex)
+    if lexical and bank.n_classes >= 2:  # (the check model keeps only the weight: its lexical part is not persisted, see _fit_lex)
         t1 = time.perf_counter()
         check_lex = _fit_lex(train)
         rec["lex_check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)
@@ -586,7 +587,7 @@ def load_model(directory: Path, kind: str) -> tuple[dict, dict[str, HeadModel]] 
                                              head_weight=float(info["head_weight"]), lex=lex,
                                              lex_weight=float(info.get("lex_weight", 0.0)), **arr)
         return meta, models
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as e:
         logger.info("FAQ head not loadable from %s (%s)", js, e)
         return None
 

@@ -106,6 +106,8 @@ class LexModel:
 
     def log_proba(self, texts: Sequence[str]) -> np.ndarray:
         """(m, C) log-probabilities, clipped at `LOGP_FLOOR`; a text without features gets the prior (b)."""
+        if len(self.b) == 0:
+            return np.zeros((len(texts), 0), np.float32)
         if len(texts) == 1:  # serving: one question, no sparse-matrix overhead; the same numbers as below
             row = _hashed(texts[0], self.dim)
             cols = np.fromiter(row, np.int64, len(row))
@@ -128,8 +130,10 @@ def fit_lexical(texts: Sequence[str], labels: np.ndarray, faq_ids: Sequence[str]
                 batch_size: int = 64, seed: int = 0) -> LexModel:
     """Softmax regression on hashed TF-IDF n-grams of `texts` (label = FAQ index into `faq_ids`).
 
-    Adam with a linearly decaying rate, updating only the feature rows present in the batch; `steps` bounds the
-    work (at least `min_epochs` epochs, at most 200). Warm start: rows of `init` for the FAQs it knows (same `dim`).
+    Adam without bias correction (a row's moments start when the row is first touched, so rare n-grams take
+    larger first steps than `lr`: the measured figures are with this rule) and a linearly decaying rate, updating
+    only the feature rows present in the batch; `steps` bounds the work (at least `min_epochs` epochs, at most
+    200). Warm start: rows of `init` for the FAQs it knows (same `dim`).
     Measured on CLINC150 (15k questions): ~4 s on one core, 92% top-1 alone (README, "FAQ matching").
     """
     labels = np.asarray(labels, np.int64)

@@ -180,6 +180,7 @@ def test_lexical_head_never_makes_held_out_questions_worse():
     bank, _ = _nuisance_faq(seed=3)
     rng = np.random.default_rng(3)  # words drawn at random, whatever the FAQ: they can only mislead
     vocab = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    # n<i>: a word of its own per question, so a check model that saw the held-out questions would find them
     bank.texts = [" ".join(rng.choice(vocab, size=3)) + f" n{i}" for i in range(len(bank))]
     bank.answers = ["" for _ in bank.faq_ids]
     head, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False, lexical=True)
@@ -208,6 +209,11 @@ def test_lexical_model_log_proba_warm_start_and_persistence(tmp_path):
     t7, l7 = bank7.lexical_corpus()
     warm = fit_lexical(t7, l7, bank7.faq_ids, dim=4096, init=model, steps=1, min_epochs=1, lr=1e-6)
     assert np.allclose(warm.WT[:, :6], model.WT, atol=1e-3) and np.allclose(warm.WT[:, 6], 0.0, atol=1e-3)
+    # the persisted model is keyed by the answers too: an edited answer retrains the lexical head
+    edited = Bank(bank.faq_ids, bank.labels, bank.vectors, bank.texts, bank.qids, bank.standard,
+                  [*bank.answers[:-1], "Points never expire."])
+    assert edited.fingerprint() != bank.fingerprint()
+    assert fit_lexical([], np.zeros(0, np.int64), []).log_proba(["x"]).shape == (1, 0)
     # saved with the head and loaded back bit for bit
     head = HeadModel("none", bank.faq_ids, lex=model, lex_weight=0.05)
     save_model(tmp_path, "logreg", {"check": {"lex_used": True}}, {"final": head})
