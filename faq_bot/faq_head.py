@@ -492,7 +492,7 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
 
     # the lexical head on the same split; its weight (maybe 0) is chosen on the same held-out questions
     lex_w, check_lex = 0.0, None
-    if lexical and bank.n_classes >= 2:  # (the check model keeps only the weight: its lexical part is not persisted, see _fit_lex)
+    if lexical and bank.n_classes >= 2:  # the check model keeps only the weight (its lexical part: see _fit_lex)
         t1 = time.perf_counter()
         check_lex = _fit_lex(train)
         rec["lex_check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)
@@ -553,8 +553,7 @@ def save_model(directory: Path, kind: str, meta: dict, models: dict[str, HeadMod
             v = getattr(m, k)
             if v is not None:
                 arrays[f"{name}__{k}"] = v
-        if m.lex is not None:
-            arrays[f"{name}__lex_faq_ids"] = np.array(m.lex.faq_ids, dtype=str)
+        if m.lex is not None:  # trained on the same bank: its FAQ ids are the head's
             rows = np.flatnonzero(np.any(m.lex.WT != 0, axis=1))  # features never seen in training stay 0: not stored
             arrays[f"{name}__lex_idf"], arrays[f"{name}__lex_b"] = m.lex.idf, m.lex.b
             arrays[f"{name}__lex_rows"], arrays[f"{name}__lex_WT"] = rows, m.lex.WT[rows]
@@ -577,13 +576,14 @@ def load_model(directory: Path, kind: str) -> tuple[dict, dict[str, HeadModel]] 
                 for name in meta["models"]:
                     info = json.loads(str(z[f"{name}__meta"]))
                     arr = {k: z[f"{name}__{k}"] for k in ("W", "b", "A") if f"{name}__{k}" in z.files}
+                    faq_ids = [str(x) for x in z[f"{name}__faq_ids"]]
                     lex = None
                     if f"{name}__lex_WT" in z.files:
                         idf, b = z[f"{name}__lex_idf"], z[f"{name}__lex_b"]
                         WT = np.zeros((len(idf), len(b)), np.float32)
                         WT[z[f"{name}__lex_rows"]] = z[f"{name}__lex_WT"]
-                        lex = LexModel([str(x) for x in z[f"{name}__lex_faq_ids"]], idf, WT, b)
-                    models[name] = HeadModel(info["kind"], [str(x) for x in z[f"{name}__faq_ids"]],
+                        lex = LexModel(list(faq_ids), idf, WT, b)
+                    models[name] = HeadModel(info["kind"], faq_ids,
                                              head_weight=float(info["head_weight"]), lex=lex,
                                              lex_weight=float(info.get("lex_weight", 0.0)), **arr)
         return meta, models

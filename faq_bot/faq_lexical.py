@@ -66,26 +66,12 @@ def _hashed(text: str, dim: int) -> dict[int, int]:
     return row
 
 
-def _counts(texts: Sequence[str], dim: int) -> sp.csr_matrix:
-    indptr, cols, vals = [0], [], []
-    for text in texts:
-        row = _hashed(text, dim)
-        cols.extend(row)
-        vals.extend(row.values())
-        indptr.append(len(cols))
-    x = sp.csr_matrix((np.asarray(vals, np.float32), np.asarray(cols, np.int64), np.asarray(indptr, np.int64)),
-                      shape=(len(texts), dim))
-    x.sort_indices()
-    return x
-
-
-def _tfidf(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
-    """Sublinear TF x IDF, rows L2-normalized (an empty row stays empty)."""
-    x = counts.astype(np.float32)
-    x.data = (1.0 + np.log(x.data)) * idf[x.indices]
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
-    x.data /= np.repeat(np.maximum(norms, 1e-9), np.diff(x.indptr)).astype(np.float32)
-    return x
+def _weighted(row: dict[int, int], idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One text's hashed counts -> (sorted columns, sublinear TF x IDF, L2-normalized); empty stays empty."""
+    cols = np.fromiter(sorted(row), np.int64, len(row))
+    vals = (1.0 + np.log(np.fromiter((row[c] for c in cols.tolist()), np.float32, len(row)))) * idf[cols]
+    vals /= max(float(np.sqrt(vals @ vals)), 1e-9)
+    return cols, vals.astype(np.float32)
 
 
 @dataclass
@@ -101,25 +87,14 @@ class LexModel:
     def dim(self) -> int:
         return len(self.idf)
 
-    def features(self, texts: Sequence[str]) -> sp.csr_matrix:
-        return _tfidf(_counts(texts, self.dim), self.idf)
-
     def log_proba(self, texts: Sequence[str]) -> np.ndarray:
         """(m, C) log-probabilities, clipped at `LOGP_FLOOR`; a text without features gets the prior (b)."""
         if len(self.b) == 0:
             return np.zeros((len(texts), 0), np.float32)
-        if len(texts) == 1:  # serving: one question, no sparse-matrix overhead; the same numbers as below
-            row = _hashed(texts[0], self.dim)
-            cols = np.fromiter(row, np.int64, len(row))
-            vals = (1.0 + np.log(np.fromiter(row.values(), np.float32, len(row)))) * self.idf[cols]
-            vals /= max(float(np.sqrt(vals @ vals)), 1e-9)
-            z = (vals @ self.WT[cols] + self.b)[None, :].astype(np.float32)
-        else:
-            x = self.features(texts)
-            z = np.empty((x.shape[0], len(self.b)), np.float32)
-            for i in range(x.shape[0]):  # gather each text's ~100 rows
-                lo, hi = x.indptr[i], x.indptr[i + 1]
-                z[i] = x.data[lo:hi] @ self.WT[x.indices[lo:hi]] + self.b
+        z = np.empty((len(texts), len(self.b)), np.float32)
+        for i, text in enumerate(texts):  # one question at serving time: gather its ~100 weight rows
+            cols, vals = _weighted(_hashed(text, self.dim), self.idf)
+            z[i] = vals @ self.WT[cols] + self.b
         z -= z.max(1, keepdims=True)
         z -= np.log(np.exp(z).sum(1, keepdims=True))
         return np.maximum(z, LOGP_FLOOR)
@@ -138,10 +113,14 @@ def fit_lexical(texts: Sequence[str], labels: np.ndarray, faq_ids: Sequence[str]
     """
     labels = np.asarray(labels, np.int64)
     n, C = len(texts), len(faq_ids)
-    counts = _counts(texts, dim)
-    df = np.bincount(counts.indices, minlength=dim)
+    rows = [_hashed(t, dim) for t in texts]
+    df = np.bincount(np.fromiter((c for r in rows for c in r), np.int64), minlength=dim)
     idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
-    X = _tfidf(counts, idf)
+    weighted = [_weighted(r, idf) for r in rows]
+    indptr = np.concatenate([[0], np.cumsum([len(c) for c, _ in weighted])]).astype(np.int64)
+    data = np.concatenate([np.zeros(0, np.float32), *(v for _, v in weighted)])
+    indices = np.concatenate([np.zeros(0, np.int64), *(c for c, _ in weighted)])
+    X = sp.csr_matrix((data, indices, indptr), shape=(n, dim))
     WT = np.zeros((dim, C), np.float32)
     b = np.zeros(C, np.float32)
     if init is not None and init.dim == dim:
