@@ -65,9 +65,9 @@ class IngestConfig(_Section):
 
 
 class FaqConfig(_Section):
-    answer_threshold: float = Field(0.61, description="FAQ score at or above which the FAQ answer is returned directly "
+    answer_threshold: float = Field(0.65, description="FAQ score at or above which the FAQ answer is returned directly "
                                     "(calibrate with `eval faq --calibrate`).")
-    suggest_threshold: float = Field(0.47, description="FAQ score at or above which 'did you mean' suggestions are shown.")
+    suggest_threshold: float = Field(0.54, description="FAQ score at or above which 'did you mean' suggestions are shown.")
     top_k: int = Field(20, gt=0, description="FAQ candidates kept per question (trace, suggestions).")
     max_suggestions: int = Field(3, ge=0)
     aggregate: Literal["max", "top2_mean"] = Field("max", description="How question similarities combine per FAQ.")
@@ -82,6 +82,9 @@ class FaqConfig(_Section):
     lexical: bool = Field(True, description="Also train the lexical head (word/character n-grams of the FAQ's questions "
                           "and answers) with `head`; its weight (maybe 0) is chosen on held-out similar questions. "
                           "Ignored with `head: none`.")
+    answer_examples: bool = Field(True, description="Train the `logreg` head also on the sentences of each FAQ's "
+                                  "answer, embedded like questions: customers ask in words the answer uses (README, "
+                                  "\"FAQ matching\"). Costs one query embedding per answer sentence at retrain.")
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> "FaqConfig":

@@ -9,6 +9,7 @@ serves one question in a few milliseconds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import threading
@@ -132,6 +133,7 @@ class FaqMatcher:
         self._lock = threading.Lock()
         self._state: _State | None = None
         self._encoders: list[Encoder] | None = None
+        self._sentence_cache: dict[str, np.ndarray] = {}  # answer sentence -> vector (see `_sentence_vectors`)
         kb.on_change(self._on_change)
 
     # ------------------------------------------------------------------ lifecycle
@@ -187,7 +189,7 @@ class FaqMatcher:
         for faq_id in sorted(rows):
             for _, text in rows[faq_id]:
                 exact.setdefault(normalize_question(text), faq_id)
-        bank = self._bank(rows, vecs, faqs if self.cfg.lexical else None)
+        bank = self._bank(rows, vecs, faqs)
         han = "".join(_HAN.findall("".join(bank.texts)))
         simplify = bool(han) and sum(ch in _TRAD_SET for ch in han) / len(han) < 0.01
         label_of = dict(zip(bank.qids.tolist(), bank.labels.tolist()))
@@ -200,10 +202,10 @@ class FaqMatcher:
         return _State(gen, faqs, exact, scorer, label_of, kb.faq_index().sparse, simplify, info)
 
     def _bank(self, rows: dict[str, list[tuple[int, str]]], vecs: list[tuple[np.ndarray, np.ndarray]],
-              faqs: dict[str, Faq] | None = None) -> fh.Bank:
+              faqs: dict[str, Faq]) -> fh.Bank:
         """Rows grouped by FAQ (sorted ids), the standard question first (store order); a FAQ whose questions
-        lack a vector of some encoder is skipped with a warning. With `faqs`, the bank carries their answers (training
-        text of the lexical head)."""
+        lack a vector of some encoder is skipped with a warning. The bank carries the answers when the lexical head
+        or the answer examples (`faq.answer_examples`, see `_with_answer_examples`) use them."""
         pos = [dict(zip(ids.tolist(), range(len(ids)))) for ids, _ in vecs]
         faq_ids, labels, qids, texts, standard = [], [], [], [], []
         for faq_id in sorted(rows):
@@ -222,9 +224,34 @@ class FaqMatcher:
         parts = [m[[p[q] for q in qids]] if qids else np.zeros((0, enc.dim), np.float32)
                  for (_, m), p, enc in zip(vecs, pos, self.encoders)]
         mat = np.ascontiguousarray(np.concatenate(parts, axis=1) / np.sqrt(len(parts)), dtype=np.float32)
-        answers = [faqs[f].answer for f in faq_ids] if faqs is not None else None
+        answers = [faqs[f].answer for f in faq_ids] if self.cfg.lexical or self.cfg.answer_examples else None
         return fh.Bank(faq_ids, np.asarray(labels, np.int64), mat, texts, np.asarray(qids, np.int64),
                        np.asarray(standard, bool), answers)
+
+    def _with_answer_examples(self, bank: fh.Bank) -> fh.Bank:
+        """`bank` plus the vectors of its answers' sentences as training examples of the logreg head (only
+        embedded when the head is trained, not when a persisted one is loaded)."""
+        if not (self.cfg.answer_examples and self.cfg.head == "logreg" and bank.answers and bank.n_classes):
+            return bank
+        sents = [(c, t) for c, a in enumerate(bank.answers) for t in fh.answer_sentences(a)]
+        return dataclasses.replace(bank, example_vectors=self._sentence_vectors([t for _, t in sents],
+                                                                                bank.vectors.shape[1]),
+                                   example_labels=np.asarray([c for c, _ in sents], np.int64))
+
+    def _sentence_vectors(self, texts: list[str], dim: int) -> np.ndarray:
+        """(len(texts), dim) query-side vectors of answer sentences, concatenated over the encoders like the
+        questions'; kept between retrains for the sentences still in use, so an edit embeds only what is new."""
+        old = self._sentence_cache
+        new = [t for t in dict.fromkeys(texts) if t not in old]
+        encs = self.encoders
+        if new:
+            batch = max(self.kb.cfg.embed.batch_size, 32)
+            fresh = np.concatenate([e.encode_queries(new, batch) for e in encs], axis=1) / np.sqrt(len(encs))
+            old = {**old, **dict(zip(new, fresh.astype(np.float32)))}
+        self._sentence_cache = {t: old[t] for t in texts}
+        if not texts:
+            return np.zeros((0, dim), np.float32)
+        return np.ascontiguousarray(np.stack([old[t] for t in texts]), dtype=np.float32)
 
     def _model(self, bank: fh.Bank, gen: int) -> tuple[fh.HeadModel | None, float, dict]:
         """The persisted model when it was fitted on these questions, else a (warm-started) retrain."""
@@ -243,11 +270,16 @@ class FaqMatcher:
         if len(bank) == 0:
             return None, 0.0, {"head_used": False, "reason": "no FAQ questions"}
         warm = saved[1] if saved is not None and saved[0].get("encoders") == [e.name for e in self.encoders] else None
+        t0 = time.perf_counter()
+        bank = self._with_answer_examples(bank)
+        embed_ms = round((time.perf_counter() - t0) * 1000, 1)
         head, w, rec = fh.fit_matcher(cfg.head, bank, fh.bank_bm25_fn, aggregate=cfg.aggregate, use_bm25=cfg.bm25,
                                       lexical=cfg.lexical, init=warm, steps=cfg.train_steps)
         check = rec.pop("_check", None)
         models = {k: m for k, m in (("final", head), ("check", check)) if m is not None}
         rec["warm_start"] = bool(warm)
+        if bank.example_labels is not None:
+            rec.update(n_answer_examples=int(len(bank.example_labels)), answer_examples_embed_ms=embed_ms)
         try:
             fh.save_model(d, cfg.head, {"generation": gen, "fingerprint": fingerprint,
                                         "encoders": [e.name for e in self.encoders], "check": rec}, models)

@@ -8,7 +8,8 @@ Signals, per FAQ (never per question):
   bm25    BM25 of the query over the FAQ's questions (jieba for Chinese), max per FAQ, divided by the query's
           best FAQ (0..1)
   head    `logreg`: multinomial logistic regression over the frozen embeddings, one row per FAQ,
-          initialised at the FAQ centroids; its logit / scale is cosine-like.
+          initialised at the FAQ centroids; its logit / scale is cosine-like. Trained on the questions and (when
+          the bank carries them) the sentences of the FAQ's answer as extra examples (`answer_sentences`).
           `adapter`: a linear map of the embedding space trained contrastively on pairs of questions of the
           same FAQ (in-batch negatives, as llama-index's linear adapter), then the dense signal in that space.
   lex     log P(FAQ | text) of a softmax over hashed word/character n-grams trained on the FAQ's questions and
@@ -28,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -41,8 +43,8 @@ from .faq_lexical import LexModel, fit_lexical
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HEAD_KINDS", "Bank", "HeadModel", "Scorer", "fit_matcher", "holdout_mask", "load_model", "save_model",
-           "model_files", "model_fingerprint", "update_meta"]
+__all__ = ["HEAD_KINDS", "Bank", "HeadModel", "Scorer", "answer_sentences", "fit_matcher", "holdout_mask",
+           "load_model", "save_model", "model_files", "model_fingerprint", "update_meta"]
 
 HeadKind = Literal["none", "logreg", "adapter"]
 HEAD_KINDS: tuple[str, ...] = ("none", "logreg", "adapter")
@@ -55,6 +57,22 @@ LEX_WEIGHTS = (0.0, 0.02, 0.05, 0.1)
 LEX_PRIOR = 0.05
 LEX_MAX_CELLS = 1 << 26  # FAQs x hashed features of the lexical head (256 MB as float32): the dim shrinks above
 SCALE = 20.0  # logit scale (inverse temperature) of the logreg head and the adapter's contrastive loss
+MAX_ANSWER_SENTENCES = 16  # per FAQ: bounds the embedding cost of long answers (the first ones are kept)
+_SENTENCE_END = re.compile(r"[。！？；;!?\n]+|(?<=[^\d\s.])\.(?=\s|$)")
+
+
+def answer_sentences(answer: str, limit: int = MAX_ANSWER_SENTENCES) -> list[str]:
+    """The sentences of an FAQ answer that the `logreg` head also learns from ("签收后15天内可申请退货" is what a
+    customer asking "质量问题签收多少天内能退" means), in order, deduplicated, at most `limit`; fragments under 4
+    characters are dropped."""
+    out: list[str] = []
+    for part in _SENTENCE_END.split(answer or ""):
+        part = part.strip(" \t\r,，、:：")
+        if len(part) >= 4 and part not in out:
+            out.append(part)
+            if len(out) >= limit:
+                break
+    return out
 
 
 # ---------------------------------------------------------------------------- the FAQ as matrices
@@ -71,6 +89,10 @@ class Bank:
     qids: np.ndarray  # (n,) int64: store ids of the questions
     standard: np.ndarray  # (n,) bool: the FAQ's standard question
     answers: list[str] | None = None  # (C,) the FAQ answers (training text of the lexical head), None = unused
+    # extra training examples of the logreg head: vectors of answer sentences (embedded like questions) and their
+    # FAQ index; never scored against (not in `vectors`), never held out
+    example_vectors: np.ndarray | None = None  # (k, D) float32
+    example_labels: np.ndarray | None = None  # (k,) int
     starts: np.ndarray = field(init=False)  # (C,) first row of each FAQ
     counts: np.ndarray = field(init=False)  # (C,) rows per FAQ
 
@@ -91,7 +113,7 @@ class Bank:
     def subset(self, keep: np.ndarray) -> "Bank":
         """The rows where `keep` is True (every FAQ must keep at least one row)."""
         return Bank(self.faq_ids, self.labels[keep], self.vectors[keep], [t for t, k in zip(self.texts, keep) if k],
-                    self.qids[keep], self.standard[keep], self.answers)
+                    self.qids[keep], self.standard[keep], self.answers, self.example_vectors, self.example_labels)
 
     def fingerprint(self) -> str:
         h = hashlib.sha1()
@@ -208,11 +230,15 @@ def _schedule(n: int, steps: int) -> tuple[int, int]:
 
 def fit_logreg(bank: Bank, *, init: HeadModel | None = None, steps: int = 1000, lr: float = 0.003,
                weight_decay: float = 1e-4, seed: int = 0) -> HeadModel:
-    """Softmax regression over the FAQs, rows started at the FAQ centroids (or, warm, at `init`'s rows for the
-    FAQs it knows) and pulled back towards that start by `weight_decay` (few examples per FAQ stay near it)."""
+    """Softmax regression over the FAQs, rows started at the FAQ centroids of the questions (or, warm, at `init`'s
+    rows for the FAQs it knows) and pulled back towards that start by `weight_decay` (few examples per FAQ stay
+    near it). Examples: the questions plus the bank's answer-sentence vectors (`Bank.example_vectors`)."""
     X, y, C = bank.vectors.astype(np.float32), bank.labels, bank.n_classes
     start = np.zeros((C, X.shape[1]), np.float32)
     np.add.at(start, y, X)
+    if bank.example_vectors is not None and len(bank.example_vectors):
+        X = np.concatenate([X, bank.example_vectors.astype(np.float32)])
+        y = np.concatenate([y, bank.example_labels])
     start = _rownorm(start).astype(np.float32)
     b = np.zeros(C, np.float32)
     if init is not None and init.kind == "logreg" and init.W is not None and init.W.shape[1] == X.shape[1]:
@@ -530,7 +556,7 @@ def model_fingerprint(bank: Bank, encoders: Sequence[str], cfg) -> str:
     """What a persisted model depends on: the questions, the encoders and the FAQ settings that shape training."""
     h = hashlib.sha1(bank.fingerprint().encode())
     h.update(json.dumps([FORMAT_VERSION, list(encoders), cfg.head, cfg.aggregate, cfg.bm25, cfg.train_steps,
-                         cfg.lexical]).encode())
+                         cfg.lexical, cfg.answer_examples]).encode())
     return h.hexdigest()
 
 

@@ -11,7 +11,8 @@ import pytest
 from faq_bot.eval.metrics import pick_threshold, threshold_sweep
 from faq_bot.eval.runner import calibrate_faq
 from faq_bot.faq import FaqMatcher, decision_score, normalize_question, to_simplified
-from faq_bot.faq_head import Bank, HeadModel, Scorer, bank_bm25_fn, fit_matcher, holdout_mask, load_model, save_model
+from faq_bot.faq_head import (Bank, HeadModel, Scorer, answer_sentences, bank_bm25_fn, fit_matcher, holdout_mask,
+                              load_model, model_fingerprint, save_model)
 from faq_bot.faq_lexical import LOGP_FLOOR, fit_lexical
 from faq_bot.knowledge import KnowledgeBase
 from faq_bot.schema import Faq, Query
@@ -97,6 +98,48 @@ def test_lexical_head_stays_when_the_dense_head_falls_back():
     sc = Scorer(bank, head=head)
     out = sc.scores(bank.vectors[:2], None, head.lex_scores(bank.texts[:2]))
     assert "head" not in out and np.allclose(out["score"], out["untrained"] + head.lex_weight * out["lex"])
+
+
+def test_answer_sentences_split_dedupe_and_bound():
+    zh = "签收后15天内可申请退货；运费由商家承担。签收后15天内可申请退货！好的。"
+    assert answer_sentences(zh) == ["签收后15天内可申请退货", "运费由商家承担"]  # repeated and 2-char pieces dropped
+    en = "Orders of 1.5 kg ship free. Refunds take 1-3 days!\nSee Orders > Invoice, e.g. for VAT"
+    assert answer_sentences(en) == ["Orders of 1.5 kg ship free", "Refunds take 1-3 days",
+                                    "See Orders > Invoice, e.g", "for VAT"]
+    assert answer_sentences("[book_flight]") == ["[book_flight]"] and answer_sentences("") == []
+    assert answer_sentences("。".join(f"第{i}句话很长" for i in range(40)), limit=5) == [f"第{i}句话很长" for i in range(5)]
+
+
+def _answer_only_faq(seed: int = 0, n_faqs: int = 8, per: int = 6, dim: int = 48):
+    """Questions say their FAQ in direction c; customers (and the answers) say it in direction n_faqs + c, which
+    no question uses: only a head that learns from the answer sentences can map the customers' wording."""
+    rng = np.random.default_rng(seed)
+
+    def draw(direction: int, n: int) -> np.ndarray:
+        x = rng.normal(size=(n, dim)) * 0.05
+        x[:, direction] += 1.0
+        return _unit(x)
+
+    labels = np.repeat(np.arange(n_faqs), per)
+    bank = Bank([f"f{c}" for c in range(n_faqs)], labels, np.concatenate([draw(c, per) for c in range(n_faqs)]),
+                [f"q{i}" for i in range(len(labels))], np.arange(len(labels)), np.arange(len(labels)) % per == 0)
+    customers = np.concatenate([draw(n_faqs + c, 10) for c in range(n_faqs)])
+    return bank, draw, customers, np.repeat(np.arange(n_faqs), 10)
+
+
+def test_logreg_head_learns_from_answer_sentences():
+    bank, draw, q, gold = _answer_only_faq()
+    plain, _, rec_plain = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False)
+    bank.example_vectors = np.concatenate([draw(8 + c, 3) for c in range(8)])  # three answer sentences per FAQ
+    bank.example_labels = np.repeat(np.arange(8), 3)
+    taught, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False)
+    assert rec["n_heldout"] == rec_plain["n_heldout"] == 8  # answer sentences are never held out
+    assert taught.W.shape == plain.W.shape  # examples, not rows to score against
+    acc = {name: np.mean(Scorer(bank, head=h).scores(q, None)["score"].argmax(1) == gold)
+           for name, h in (("plain", plain), ("taught", taught))}
+    assert acc["plain"] < 0.4 and acc["taught"] >= 0.9, acc
+    kept = bank.subset(holdout_mask(bank) == 0)
+    assert kept.example_vectors is bank.example_vectors and kept.example_labels is bank.example_labels
 
 
 def test_holdout_takes_one_similar_question_per_faq_with_two():
@@ -293,6 +336,11 @@ def test_adding_a_faq_retrains_the_head_and_a_restart_does_not(tmp_path, faq_enc
     assert first["n_faqs"] == 5 and first["n_heldout"] == 5 and not first["loaded"] and not first["warm_start"]
     meta = json.loads((cfg.store.index_dir / "faq_head_logreg.json").read_text(encoding="utf-8"))
     assert meta["generation"] == kb.store.generation() and meta["check"]["untrained_top1"] is not None
+    # the head also learned from the answers' sentences, embedded like questions by the FAQ encoder
+    assert first["n_answer_examples"] == 5  # one sentence per answer here
+    cached = dict(matcher._sentence_cache)
+    vec = faq_encoder.encode_queries(["1 point for every yuan spent"])[0]
+    assert np.allclose(cached["1 point for every yuan spent"], vec, atol=1e-5)
 
     # a new FAQ: the knowledge base tells the matcher, which retrains there (warm start), not on the next question
     kb.upsert_faq(Faq(id="f-shipping", question="How long does delivery take?", answer="2-4 days.",
@@ -305,6 +353,9 @@ def test_adding_a_faq_retrains_the_head_and_a_restart_does_not(tmp_path, faq_enc
     assert "f-shipping" in models["check"].faq_ids
     info = matcher.info()
     assert info["n_faqs"] == 6 and info["warm_start"] is True
+    # ... embedding only the new answer's sentence: the others come from the previous build
+    assert set(matcher._sentence_cache) == {*cached, "2-4 days"}
+    assert all(matcher._sentence_cache[t] is v for t, v in cached.items())
     res = matcher.match(Query(text="how many days until my package gets here"))
     assert res.best.faq.id == "f-shipping"
 

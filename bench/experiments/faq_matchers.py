@@ -1,13 +1,13 @@
-"""README's FAQ-matching table: every matcher variant on CLINC150 (thresholds calibrated on val, scored on test) and
-on the sample eval set's FAQ paraphrases.
+"""README's FAQ-matching table: every matcher variant on CLINC150 (thresholds calibrated on the calib split, scored
+on test) and on the sample eval set's FAQ paraphrases.
 
     .venv/bin/python bench/experiments/faq_matchers.py [--clinc ../shared/data/clinc150/data_full.json] [--only NAME]
 
-Per variant: `eval faq --clinc ... --split val --objective balanced --calibrate` into a scratch copy of the config,
-then `eval faq --clinc ... --split test` with those thresholds (the "current_*" figures of that run are the ones
-reported: chosen on val, measured on test), then `eval faq` on the sample set against a scratch copy of the sample
-store. ~2 min per variant on 2 cores, ~6 min for the e5 one. Prints a markdown table and writes it, with every
-run folder, to runs/eval/faq-matchers.json.
+Per variant: `eval faq --clinc ... --split calib --objective balanced --calibrate` into a scratch copy of the config
+(calib: val + the 200 out-of-scope utterances outside test), then `eval faq --clinc ... --split test` with those
+thresholds (the "current_*" figures of that run are the ones reported: chosen on calib, measured on test), then
+`eval faq` on the sample set against a scratch copy of the sample store. ~2 min per variant on 2 cores, ~6 min for
+the e5 one. Prints a markdown table and writes it, with every run folder, to runs/eval/faq-matchers.json.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ VARIANTS = [
     ("dense + BM25, no head", ["faq.head=none"]),
     ("adapter + lexical", ["faq.head=adapter"]),
     ("logreg, no lexical", ["faq.lexical=false"]),
-    ("logreg + lexical (default)", []),
+    ("logreg + lexical, no answer examples", ["faq.answer_examples=false"]),
+    ("logreg + lexical + answer examples (default)", []),
     ("logreg + lexical + `extra_encoders: [e5-small]`", ["faq.extra_encoders=[e5-small]"]),
 ]
 
@@ -57,7 +58,7 @@ def main() -> None:
             cfg = tmp / f"v{len(rows)}.yaml"
             shutil.copy(ROOT / "configs" / "default.yaml", cfg)
             over = [x for s in [*sets, "embed.threads=1"] for x in ("--set", s)]
-            val = _eval(["--clinc", a.clinc, "--split", "val", "--objective", "balanced", "--calibrate",
+            val = _eval(["--clinc", a.clinc, "--split", "calib", "--objective", "balanced", "--calibrate",
                          "--write-config", str(cfg), "--config", str(cfg), *over])
             test = _eval(["--clinc", a.clinc, "--split", "test", "--config", str(cfg), *over])
             store = tmp / f"store{len(rows)}"
@@ -71,7 +72,7 @@ def main() -> None:
                    "runs": [val["run_dir"], test["run_dir"], sample["run_dir"]]}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print("| matcher | CLINC test top-1 | in-scope acc / OOS recall (thresholds from val) | sample set top-1 (68 paraphrases) |")
+    print("| matcher | CLINC test top-1 | in-scope acc / OOS recall (thresholds from calib) | sample set top-1 (68 paraphrases) |")
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['matcher']} | {100 * r['clinc_top1']:.1f}% | {100 * r['in_scope_accuracy']:.1f}% / "

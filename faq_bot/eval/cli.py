@@ -61,7 +61,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kb", default=None, help="FAQ file (csv/xlsx/json/jsonl) read by the ingest readers")
     p.add_argument("--queries", default=None, help='JSONL of {"question": ..., "faq_id": ... | null}')
     p.add_argument("--clinc", default=None, help="CLINC150 data_full.json (intents as FAQs, train utterances as paraphrases)")
-    p.add_argument("--split", choices=("test", "val"), default="test", help="CLINC150 split to score")
+    p.add_argument("--split", choices=("test", "val", "calib"), default="test",
+                   help="CLINC150 split to score (calib: val + every out-of-scope utterance outside test, to calibrate)")
     p.add_argument("--data", default=None, help="eval JSONL scored against the FAQs in the configured store "
                                                 "(used when neither --kb nor --clinc is given; default: the sample set)")
     p.add_argument("--calibrate", action="store_true", help="write the chosen thresholds into --write-config")

@@ -403,17 +403,22 @@ def load_rgb(
 # ---------------------------------------------------------------------------- CLINC150
 
 
-def load_clinc(path: str | Path, *, split: Literal["test", "val"] = "test") -> tuple[list[Faq], list[FaqQuery]]:
+def load_clinc(path: str | Path, *, split: Literal["test", "val", "calib"] = "test") -> tuple[list[Faq], list[FaqQuery]]:
     """CLINC150 as an FAQ benchmark: one FAQ per intent (train utterances as paraphrases) and labelled queries.
 
+    `calib` is the calibration split: the val utterances with every out-of-scope utterance outside test
+    (`oos_val` + `oos_train`, 200; the FAQ never uses `oos_train`). A threshold chosen on val's 100 out-of-scope
+    utterances sits at the edge of one of them and moves by a few points of test recall from run to run.
+
     Returns:
-        (faqs, queries): 150 FAQs in first-seen train order; queries are `split` utterances (faq_id = intent)
-        followed by `oos_<split>` utterances (faq_id None).
+        (faqs, queries): 150 FAQs in first-seen train order; queries are the split's utterances (faq_id = intent)
+        followed by its out-of-scope utterances (faq_id None).
     """
-    if split not in ("test", "val"):
-        raise ValueError(f"`split` must be 'test' or 'val', got {split!r}.")
+    if split not in ("test", "val", "calib"):
+        raise ValueError(f"`split` must be 'test', 'val' or 'calib', got {split!r}.")
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    missing = [k for k in ("train", split, f"oos_{split}") if k not in data]
+    in_split, oos = ("val", ["oos_val", "oos_train"]) if split == "calib" else (split, [f"oos_{split}"])
+    missing = [k for k in ("train", in_split, *oos) if k not in data]
     if missing:
         raise ValueError(f"{Path(path).name}: missing key(s) {missing}; expected CLINC150 data_full.json.")
 
@@ -432,9 +437,9 @@ def load_clinc(path: str | Path, *, split: Literal["test", "val"] = "test") -> t
         for intent, texts in utterances.items()
     ]
     queries: list[FaqQuery] = []
-    for text, intent in data[split]:
+    for text, intent in data[in_split]:
         if intent not in utterances:
-            raise ValueError(f"{Path(path).name}: `{split}` intent {intent!r} has no train utterances.")
+            raise ValueError(f"{Path(path).name}: `{in_split}` intent {intent!r} has no train utterances.")
         queries.append(FaqQuery(question=text, faq_id=intent))
-    queries += [FaqQuery(question=text, faq_id=None) for text, _ in data[f"oos_{split}"]]
+    queries += [FaqQuery(question=text, faq_id=None) for key in oos for text, _ in data[key]]
     return faqs, queries

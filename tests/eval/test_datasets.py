@@ -338,3 +338,7 @@ def test_load_clinc_counts():
 
     _, val = load_clinc(CLINC, split="val")
     assert len(val) == 3000 + 100
+    _, calib = load_clinc(CLINC, split="calib")  # val + every out-of-scope utterance outside test
+    assert len(calib) == 3000 + 200 and sum(q.faq_id is None for q in calib) == 200
+    assert [q.question for q in calib[:3100]] == [q.question for q in val]
+    assert not {q.question for q in calib} & {q.question for q in queries}
