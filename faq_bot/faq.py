@@ -15,6 +15,7 @@ import re
 import threading
 import time
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -230,10 +231,13 @@ class FaqMatcher:
 
     def _with_answer_examples(self, bank: fh.Bank) -> fh.Bank:
         """`bank` plus the vectors of its answers' sentences as training examples of the logreg head (only
-        embedded when the head is trained, not when a persisted one is loaded)."""
+        embedded when the head is trained, not when a persisted one is loaded). A sentence found in the answers
+        of several FAQs ("如有疑问请联系客服") is an example of none of them."""
         if not (self.cfg.answer_examples and self.cfg.head == "logreg" and bank.answers and bank.n_classes):
             return bank
         sents = [(c, t) for c, a in enumerate(bank.answers) for t in fh.answer_sentences(a)]
+        n_faqs = Counter(t for _, t in set(sents))
+        sents = [(c, t) for c, t in sents if n_faqs[t] == 1]
         return dataclasses.replace(bank, example_vectors=self._sentence_vectors([t for _, t in sents],
                                                                                 bank.vectors.shape[1]),
                                    example_labels=np.asarray([c for c, _ in sents], np.int64))

@@ -371,6 +371,22 @@ def test_adding_a_faq_retrains_the_head_and_a_restart_does_not(tmp_path, faq_enc
     assert ("lex" in before[0].scores) == bool(info["lex_used"])
 
 
+@pytest.mark.slow
+def test_answer_sentences_shared_by_faqs_teach_neither(tmp_path, faq_encoder):
+    shared = "Contact customer support if anything is unclear"
+    csv = FAQ_CSV.replace("Open the order and tap Return.", f"Open the order and tap Return. {shared}.")
+    csv = csv.replace("Refunds arrive in 1-3 working days.", f"Refunds arrive in 1-3 working days. {shared}!")
+    (tmp_path / "faq.csv").write_text(csv, encoding="utf-8")
+    cfg = make_config(tmp_path)
+    kb = KnowledgeBase(cfg)
+    kb.ingest_paths([tmp_path / "faq.csv"])
+    matcher = FaqMatcher(cfg.faq, kb)
+    assert matcher.info()["n_answer_examples"] == 5  # one own sentence per answer; the shared one in none
+    assert shared not in matcher._sentence_cache
+    off = FaqMatcher(cfg.faq.model_copy(update={"answer_examples": False}), KnowledgeBase(cfg))
+    assert "n_answer_examples" not in off.info() and not off._sentence_cache
+
+
 @pytest.mark.parametrize("lexical", [False, True])
 def test_rank_of_one_query_equals_the_batch_scores(lexical):
     bank, draw = _nuisance_faq(seed=2, n_faqs=30, per=6)
