@@ -225,7 +225,7 @@ class FaqMatcher:
         parts = [m[[p[q] for q in qids]] if qids else np.zeros((0, enc.dim), np.float32)
                  for (_, m), p, enc in zip(vecs, pos, self.encoders)]
         mat = np.ascontiguousarray(np.concatenate(parts, axis=1) / np.sqrt(len(parts)), dtype=np.float32)
-        answers = [faqs[f].answer for f in faq_ids] if self.cfg.lexical or self.cfg.answer_examples else None
+        answers = [faqs[f].answer for f in faq_ids] if self.cfg.lexical or fh.uses_answer_examples(self.cfg) else None
         return fh.Bank(faq_ids, np.asarray(labels, np.int64), mat, texts, np.asarray(qids, np.int64),
                        np.asarray(standard, bool), answers)
 
@@ -233,8 +233,8 @@ class FaqMatcher:
         """`bank` plus the vectors of its answers' sentences as training examples of the logreg head (only
         embedded when the head is trained, not when a persisted one is loaded). A sentence found in the answers
         of several FAQs ("如有疑问请联系客服") is an example of none of them."""
-        if not (self.cfg.answer_examples and self.cfg.head == "logreg" and bank.answers and bank.n_classes):
-            return bank
+        if not (fh.uses_answer_examples(self.cfg) and bank.answers and fh.holdout_mask(bank).any()):
+            return bank  # (nothing to hold out: no head is trained, see `fit_matcher`)
         sents = [(c, t) for c, a in enumerate(bank.answers) for t in fh.answer_sentences(a)]
         n_faqs = Counter(t for _, t in set(sents))
         sents = [(c, t) for c, t in sents if n_faqs[t] == 1]

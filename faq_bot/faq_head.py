@@ -44,7 +44,7 @@ from .faq_lexical import LexModel, fit_lexical
 logger = logging.getLogger(__name__)
 
 __all__ = ["HEAD_KINDS", "Bank", "HeadModel", "Scorer", "answer_sentences", "fit_matcher", "holdout_mask",
-           "load_model", "save_model", "model_files", "model_fingerprint", "update_meta"]
+           "load_model", "save_model", "model_files", "model_fingerprint", "update_meta", "uses_answer_examples"]
 
 HeadKind = Literal["none", "logreg", "adapter"]
 HEAD_KINDS: tuple[str, ...] = ("none", "logreg", "adapter")
@@ -67,7 +67,7 @@ def answer_sentences(answer: str, limit: int = MAX_ANSWER_SENTENCES) -> list[str
     characters are dropped."""
     out: list[str] = []
     for part in _SENTENCE_END.split(answer or ""):
-        part = part.strip(" \t\r,，、:：")
+        part = part.strip().strip(",，、:：").strip()
         if len(part) >= 4 and part not in out:
             out.append(part)
             if len(out) >= limit:
@@ -556,8 +556,13 @@ def model_fingerprint(bank: Bank, encoders: Sequence[str], cfg) -> str:
     """What a persisted model depends on: the questions, the encoders and the FAQ settings that shape training."""
     h = hashlib.sha1(bank.fingerprint().encode())
     h.update(json.dumps([FORMAT_VERSION, list(encoders), cfg.head, cfg.aggregate, cfg.bm25, cfg.train_steps,
-                         cfg.lexical, cfg.answer_examples]).encode())
+                         cfg.lexical, uses_answer_examples(cfg)]).encode())
     return h.hexdigest()
+
+
+def uses_answer_examples(cfg) -> bool:
+    """Whether `faq.answer_examples` has an effect: only the logreg head learns from answer sentences."""
+    return bool(cfg.answer_examples) and cfg.head == "logreg"
 
 
 def model_files(directory: Path, kind: str) -> tuple[Path, Path]:
