@@ -233,14 +233,14 @@ class FaqMatcher:
         """`bank` plus the vectors of its answers' sentences as training examples of the logreg head (only
         embedded when the head is trained, not when a persisted one is loaded). A sentence found in the answers
         of several FAQs ("如有疑问请联系客服") is an example of none of them."""
-        if not (fh.uses_answer_examples(self.cfg) and bank.answers and fh.holdout_mask(bank).any()):
-            return bank  # (nothing to hold out: no head is trained, see `fit_matcher`)
+        if not (fh.uses_answer_examples(self.cfg) and bank.answers):
+            return bank
         sents = [(c, t) for c, a in enumerate(bank.answers) for t in fh.answer_sentences(a)]
         n_faqs = Counter(t for _, t in set(sents))
         sents = [(c, t) for c, t in sents if n_faqs[t] == 1]
-        return dataclasses.replace(bank, example_vectors=self._sentence_vectors([t for _, t in sents],
-                                                                                bank.vectors.shape[1]),
-                                   example_labels=np.asarray([c for c, _ in sents], np.int64))
+        texts = [t for _, t in sents]
+        return dataclasses.replace(bank, example_vectors=self._sentence_vectors(texts, bank.vectors.shape[1]),
+                                   example_labels=np.asarray([c for c, _ in sents], np.int64), example_texts=texts)
 
     def _sentence_vectors(self, texts: list[str], dim: int) -> np.ndarray:
         """(len(texts), dim) query-side vectors of answer sentences, concatenated over the encoders like the

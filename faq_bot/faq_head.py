@@ -16,7 +16,9 @@ Signals, per FAQ (never per question):
           answers (`faq_lexical.py`), clipped at -20.
 
 untrained score u = dense + w_bm25 * bm25; trained score r = a * head + (1 - a) * u + w_lex * lex. `w_bm25`, `a`
-and `w_lex` are chosen on held-out similar questions of the FAQ itself (one per FAQ with >= 2 similar questions);
+and `w_lex` are chosen on held-out similar questions of the FAQ itself (one per FAQ with >= 2 similar questions;
+for a plain question/answer list without any, the standard questions, the answer sentences standing in for them
+in the check: `answer_check_split`, logreg only);
 the same held-out questions decide whether the dense head is kept at all: it must not be worse than the untrained
 matcher, otherwise the stage falls back to `u` (+ lex when that helps; the check is written to
 faq_head_<kind>.json beside the model). Training is numpy (Adam, minibatches): seconds on CPU for 15k questions,
@@ -89,10 +91,11 @@ class Bank:
     qids: np.ndarray  # (n,) int64: store ids of the questions
     standard: np.ndarray  # (n,) bool: the FAQ's standard question
     answers: list[str] | None = None  # (C,) the FAQ answers (training text of the lexical head), None = unused
-    # extra training examples of the logreg head: vectors of answer sentences (embedded like questions) and their
-    # FAQ index; never scored against (not in `vectors`), never held out
+    # extra training examples of the logreg head: answer sentences (embedded like questions), their FAQ index and
+    # text; never scored against (not in `vectors`), never held out (`answer_check_split` makes them rows)
     example_vectors: np.ndarray | None = None  # (k, D) float32
     example_labels: np.ndarray | None = None  # (k,) int
+    example_texts: list[str] | None = None  # (k,)
     starts: np.ndarray = field(init=False)  # (C,) first row of each FAQ
     counts: np.ndarray = field(init=False)  # (C,) rows per FAQ
 
@@ -113,7 +116,9 @@ class Bank:
     def subset(self, keep: np.ndarray) -> "Bank":
         """The rows where `keep` is True (every FAQ must keep at least one row)."""
         return Bank(self.faq_ids, self.labels[keep], self.vectors[keep], [t for t, k in zip(self.texts, keep) if k],
-                    self.qids[keep], self.standard[keep], self.answers, self.example_vectors, self.example_labels)
+                    self.qids[keep], self.standard[keep], self.answers, self.example_vectors, self.example_labels,
+                    self.example_texts)
+
 
     def fingerprint(self) -> str:
         h = hashlib.sha1()
@@ -152,6 +157,38 @@ def aggregate(sims: np.ndarray, starts: np.ndarray, counts: np.ndarray, how: str
     return (first + second) / 2
 
 
+def _hash_pick(texts: Sequence[str], rows: Sequence[int]) -> int:
+    return min(rows, key=lambda r: hashlib.sha1(texts[r].encode("utf-8")).hexdigest())
+
+
+def answer_check_split(bank: Bank) -> tuple[Bank, np.ndarray] | None:
+    """The check's split for a plain question/answer list (no FAQ has similar questions to hold out): the
+    standard question of every FAQ with answer sentences is held out, and those sentences stand in for its
+    questions (rows of the check's bank: what the untrained matcher matches and the head learns from).
+    Returns (check bank, held-out rows of `bank`), or None with fewer than 2 such FAQs."""
+    if bank.example_labels is None or bank.example_texts is None or not len(bank.example_labels):
+        return None
+    has = np.bincount(bank.example_labels, minlength=bank.n_classes) > 0
+    if has.sum() < 2:
+        return None
+    rows, vecs, labels, texts = [], [], [], []
+    for c in range(bank.n_classes):
+        if has[c]:
+            for i in np.flatnonzero(bank.example_labels == c).tolist():
+                vecs.append(bank.example_vectors[i])
+                texts.append(bank.example_texts[i])
+                labels.append(c)
+        else:
+            for r in range(bank.starts[c], bank.starts[c] + bank.counts[c]):
+                vecs.append(bank.vectors[r])
+                texts.append(bank.texts[r])
+                labels.append(c)
+    n = len(labels)
+    check = Bank(bank.faq_ids, np.asarray(labels, np.int64), np.asarray(vecs, np.float32), texts,
+                 np.arange(n, dtype=np.int64), np.zeros(n, bool), bank.answers)
+    return check, bank.standard & has[bank.labels]
+
+
 def holdout_mask(bank: Bank) -> np.ndarray:
     """One similar question per FAQ with >= 2 similar questions, chosen by a hash of its text (stable across
     edits of other FAQs, so a warm-started check model never saw its own held-out questions)."""
@@ -159,7 +196,7 @@ def holdout_mask(bank: Bank) -> np.ndarray:
     for c in range(bank.n_classes):
         rows = [r for r in range(bank.starts[c], bank.starts[c] + bank.counts[c]) if not bank.standard[r]]
         if len(rows) >= 2:
-            held[min(rows, key=lambda r: hashlib.sha1(bank.texts[r].encode("utf-8")).hexdigest())] = True
+            held[_hash_pick(bank.texts, rows)] = True
     return held
 
 
@@ -471,13 +508,18 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
     """
     t0 = time.perf_counter()
     held = holdout_mask(bank)
-    rec: dict = {"kind": kind, "n_questions": int(len(bank)), "n_faqs": bank.n_classes, "n_heldout": int(held.sum()),
-                 "aggregate": aggregate}
-    if not held.any():
+    split = answer_check_split(bank) if not held.any() and kind == "logreg" else None
+    source = "similar questions" if split is None else "standard questions (answer sentences as their questions)"
+    if split is not None:
+        held = split[1]
+    n_held = int(held.sum())
+    rec: dict = {"kind": kind, "n_questions": int(len(bank)), "n_faqs": bank.n_classes, "n_heldout": n_held,
+                 "heldout_source": source, "aggregate": aggregate}
+    if not n_held:
         rec.update(head_used=False, lex_used=False, bm25_weight=0.0,
-                   reason="no FAQ has 2 or more similar questions to hold one out")
+                   reason="no FAQ has 2 or more similar questions (or, for the logreg head, answer sentences) to hold one out")
         return None, 0.0, rec
-    train = bank.subset(~held)
+    train = bank.subset(~held) if split is None else split[0]
     q, gold, texts = bank.vectors[held], bank.labels[held], [t for t, h in zip(bank.texts, held) if h]
     bm25 = bm25_fn(train, texts) if use_bm25 else None
 
@@ -508,13 +550,13 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
                trained_top1_by_head_weight={str(a): round(acc_by_a[a], 4) for a in HEAD_WEIGHTS})
     if head_used:
         base, base_acc = a_best * sig["head"] + (1 - a_best) * sig["untrained"], trained_acc
-        rec["reason"] = "trained >= untrained on held-out similar questions"
+        rec["reason"] = f"trained >= untrained on held-out {source}"
     else:
         base, base_acc = sig["untrained"], untrained_acc
-        rec["reason"] = (f"trained {trained_acc:.4f} < untrained {untrained_acc:.4f} on held-out similar questions: "
+        rec["reason"] = (f"trained {trained_acc:.4f} < untrained {untrained_acc:.4f} on held-out {source}: "
                          "fell back to the untrained matcher")
-        logger.warning("FAQ head (%s) worse than the untrained matcher on %d held-out questions (%.3f < %.3f): "
-                       "falling back", kind, int(held.sum()), trained_acc, untrained_acc)
+        logger.warning("FAQ head (%s) worse than the untrained matcher on %d held-out %s (%.3f < %.3f): "
+                       "falling back", kind, n_held, source, trained_acc, untrained_acc)
 
     # the lexical head on the same split; its weight (maybe 0) is chosen on the same held-out questions
     lex_w, check_lex = 0.0, None

@@ -110,6 +110,39 @@ def test_answer_sentences_split_dedupe_and_bound():
     assert answer_sentences("。".join(f"第{i}句话很长" for i in range(40)), limit=5) == [f"第{i}句话很长" for i in range(5)]
 
 
+def test_plain_question_answer_list_is_checked_on_its_standard_questions():
+    """No similar questions at all (a plain Q/A list): the standard questions are held out, the answer sentences
+    stand in for them in the check, and the head trained on them is kept when it beats nearest neighbour."""
+    rng = np.random.default_rng(3)
+    n, dim = 8, 48
+
+    def draw(direction: int, k: int, mix: int | None = None) -> np.ndarray:
+        x = rng.normal(size=(k, dim)) * 0.05
+        x[:, direction] += 1.0
+        if mix is not None:
+            x[:, mix] += 0.6
+        return _unit(x)
+
+    # standard questions in direction c; answer sentences and customers also say n + c (what the answer is about)
+    bank = Bank([f"f{c}" for c in range(n)], np.arange(n), np.concatenate([draw(c, 1) for c in range(n)]),
+                [f"standard {c}" for c in range(n)], np.arange(n), np.ones(n, bool), [f"a{c}" for c in range(n)],
+                np.concatenate([draw(n + c, 3, mix=c) for c in range(n)]), np.repeat(np.arange(n), 3),
+                [f"answer {c} sentence {i}" for c in range(n) for i in range(3)])
+    customers = np.concatenate([draw(n + c, 10, mix=(c + 1) % n) for c in range(n)])  # words of a neighbour's question
+    gold = np.repeat(np.arange(n), 10)
+    head, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False)
+    assert rec["heldout_source"].startswith("standard questions") and rec["n_heldout"] == n
+    assert rec["head_used"] and head is not None
+    acc = {name: np.mean(Scorer(bank, head=h).scores(customers, None)["score"].argmax(1) == gold)
+           for name, h in (("untrained", None), ("trained", head))}
+    assert acc["untrained"] < 0.5 and acc["trained"] >= 0.9, acc
+    # without answer sentences (or with the adapter head) there is nothing to check on: no head, as before
+    plain = Bank(bank.faq_ids, bank.labels, bank.vectors, bank.texts, bank.qids, bank.standard, bank.answers)
+    for kind, b in (("logreg", plain), ("adapter", bank)):
+        h, _, r = fit_matcher(kind, b, bank_bm25_fn, use_bm25=False)
+        assert h is None and r["n_heldout"] == 0 and "to hold one out" in r["reason"]
+
+
 def test_answer_examples_key_the_model_only_where_they_are_used():
     from faq_bot.config import FaqConfig
 
