@@ -102,6 +102,21 @@ def test_render_tables_from_a_real_trace(pipeline):
 
 
 # ---------------------------------------------------------------------------------------------- chat session
+def test_render_matcher_line_says_what_the_faq_stage_learned(pipeline):
+    line = render.matcher_markdown(pipeline.faq.info())  # the test knowledge base's real matcher
+    assert line.startswith("FAQ matcher: ")
+    info = {"n_faqs": 99, "kind": "logreg", "head_used": True, "lex_used": True, "lex_weight": 0.05,
+            "untrained_top1": 0.6061, "top1_with_lex": 0.7475, "n_heldout": 99, "heldout_source": "similar questions",
+            "n_answer_examples": 169}
+    assert render.matcher_markdown(info) == (
+        "FAQ matcher: trained head **logreg** + lexical head (weight 0.05) · held-out top-1 0.61 → 0.75 on 99 "
+        "similar questions · learned from 169 answer sentences")
+    fell_back = {"n_faqs": 3, "head_used": False, "lex_used": False, "reason": "trained 0.5 < untrained 0.6"}
+    assert render.matcher_markdown(fell_back) == ("FAQ matcher: untrained (nearest question + BM25): trained 0.5 &lt; "
+                                                  "untrained 0.6")  # escaped like every staff-facing text
+    assert render.matcher_markdown({"n_faqs": 0}) == ""
+
+
 def test_chat_reply_streams_faq_answer_and_keeps_history(pipeline, auth):
     traces = TraceLog()
     sess, answer = _final(chat.reply(pipeline, auth, traces, "How do I return an item?", chat.new_session()))

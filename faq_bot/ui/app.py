@@ -197,7 +197,10 @@ def build_app(pipeline, cfg: AppConfig | None = None, auth: Auth | None = None, 
         def kb_views(tok):
             admin.require(tok)
             docs = store.list_documents()
-            return (render.stats_markdown(kb.stats()), render.document_rows(docs), render.faq_rows(store.faqs()),
+            stats = render.stats_markdown(kb.stats())
+            matcher = render.matcher_markdown(pipeline.faq.info())
+            return (stats + ("  \n" + matcher if matcher else ""), render.document_rows(docs),
+                    render.faq_rows(store.faqs()),
                     gr.update(choices=render.document_choices(docs), value=None),
                     render.status_markdown(pipeline.status()))
 

@@ -11,7 +11,8 @@ from ..schema import Answer, Citation, Doc, Faq
 
 __all__ = [
     "esc", "answer_markdown", "user_markdown", "notice_markdown", "citations_html", "faq_note_html",
-    "suggestion_labels", "status_markdown", "stats_markdown", "document_rows", "document_choices", "faq_rows",
+    "suggestion_labels", "status_markdown", "stats_markdown", "matcher_markdown", "document_rows", "document_choices",
+    "faq_rows",
     "feedback_rows", "trace_tables", "ingest_markdown", "trace_json",
     "DOC_HEADERS", "FAQ_HEADERS", "FEEDBACK_HEADERS", "FAQ_CAND_HEADERS", "RETRIEVE_HEADERS", "RERANK_HEADERS",
     "DOC_TYPES", "FAQ_TYPES", "FEEDBACK_TYPES", "FAQ_CAND_TYPES", "RETRIEVE_TYPES", "RERANK_TYPES",
@@ -98,6 +99,27 @@ def stats_markdown(stats: dict) -> str:
     return (f"**{stats.get('documents', 0)}** files · **{stats.get('faqs', 0)}** FAQs "
             f"({stats.get('faq_questions', 0)} questions) · **{stats.get('chunks', 0)}** passages · "
             f"**{stats.get('feedback', 0)}** feedback")
+
+
+def matcher_markdown(info: dict) -> str:
+    """One line for staff: what the FAQ matcher learned from their FAQ and what its held-out check measured."""
+    if not info or not info.get("n_faqs"):
+        return ""
+    parts = []
+    if info.get("head_used"):
+        parts.append(f"trained head **{esc(info.get('kind'))}**")
+    if info.get("lex_used"):
+        parts.append(f"lexical head (weight {info.get('lex_weight')})")
+    if not parts:
+        return f"FAQ matcher: untrained (nearest question + BM25): {esc(info.get('reason', ''))}"
+    before, after = info.get("untrained_top1"), info.get("top1_with_lex", info.get("trained_top1"))
+    line = f"FAQ matcher: {' + '.join(parts)}"
+    if before is not None and after is not None:
+        line += (f" · held-out top-1 {before:.2f} → {after:.2f} on {info.get('n_heldout', 0)} "
+                 f"{esc(info.get('heldout_source', 'similar questions'))}")
+    if info.get("n_answer_examples"):
+        line += f" · learned from {info['n_answer_examples']} answer sentences"
+    return line
 
 
 def _when(ts: float) -> str:
