@@ -163,23 +163,24 @@ def _hash_pick(texts: Sequence[str], rows: Sequence[int]) -> int:
 
 def answer_check_split(bank: Bank) -> tuple[Bank, np.ndarray] | None:
     """The check's split for a plain question/answer list (no FAQ has similar questions to hold out): the
-    standard question of every FAQ with answer sentences is held out, and those sentences stand in for its
-    questions (rows of the check's bank: what the untrained matcher matches and the head learns from).
+    standard question of every FAQ with answer sentences is held out, and those sentences stand in for it
+    (rows of the check's bank, beside any similar question: what the untrained matcher matches and the head
+    learns from); the check model is then trained from scratch (`_fit_matcher`).
     Returns (check bank, held-out rows of `bank`), or None with fewer than 2 such FAQs."""
     if bank.example_labels is None or bank.example_texts is None or not len(bank.example_labels):
         return None
     has = np.bincount(bank.example_labels, minlength=bank.n_classes) > 0
     if has.sum() < 2:
         return None
-    rows, vecs, labels, texts = [], [], [], []
+    vecs, labels, texts = [], [], []
     for c in range(bank.n_classes):
         if has[c]:
             for i in np.flatnonzero(bank.example_labels == c).tolist():
                 vecs.append(bank.example_vectors[i])
                 texts.append(bank.example_texts[i])
                 labels.append(c)
-        else:
-            for r in range(bank.starts[c], bank.starts[c] + bank.counts[c]):
+        for r in range(bank.starts[c], bank.starts[c] + bank.counts[c]):
+            if not (has[c] and bank.standard[r]):  # its (at most one) similar question stays a row
                 vecs.append(bank.vectors[r])
                 texts.append(bank.texts[r])
                 labels.append(c)
@@ -536,7 +537,9 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
         return None, w_best, rec
 
     # the dense head, trained without the held-out questions (warm start from the previous check model)
-    prev_check = (init or {}).get("check")
+    # (not in the plain-list split: an earlier check model, fitted when FAQs had similar questions, saw the
+    # standard questions this split holds out)
+    prev_check = (init or {}).get("check") if split is None else None
     t1 = time.perf_counter()
     check = fit_head(kind, train, prev_check, steps)
     rec["check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)

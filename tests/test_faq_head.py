@@ -143,6 +143,30 @@ def test_plain_question_answer_list_is_checked_on_its_standard_questions():
         assert h is None and r["n_heldout"] == 0 and "to hold one out" in r["reason"]
 
 
+def test_plain_list_check_never_warm_starts_from_a_model_that_saw_its_held_out_questions():
+    """Standard questions unrelated to their answers' sentences: from scratch the check cannot place them; a check
+    model fitted while the FAQs still had similar questions trained on them and would score itself."""
+    rng = np.random.default_rng(5)
+    n, dim = 12, 64
+    std = _unit(rng.normal(size=(n, dim)))
+    sents = _unit(rng.normal(size=(3 * n, dim)))
+    answers = [f"answer {c}" for c in range(n)]
+    ex = dict(example_vectors=sents, example_labels=np.repeat(np.arange(n), 3),
+              example_texts=[f"answer {c} sentence {i}" for c in range(n) for i in range(3)])
+    similar = np.concatenate([np.concatenate([std[c:c + 1], _unit(std[c] + rng.normal(size=(2, dim)) * 0.05)])
+                              for c in range(n)])
+    with_similar = Bank([f"f{c}" for c in range(n)], np.repeat(np.arange(n), 3), similar,
+                        [t for c in range(n) for t in (f"standard {c}", f"s{c}a", f"s{c}b")], np.arange(3 * n),
+                        np.tile([True, False, False], n), answers, **ex)
+    _, _, rec_similar = fit_matcher("logreg", with_similar, bank_bm25_fn, use_bm25=False)
+    plain = Bank(with_similar.faq_ids, np.arange(n), std, [f"standard {c}" for c in range(n)], np.arange(n),
+                 np.ones(n, bool), answers, **ex)
+    _, _, cold = fit_matcher("logreg", plain, bank_bm25_fn, use_bm25=False)
+    _, _, warm = fit_matcher("logreg", plain, bank_bm25_fn, use_bm25=False, init={"check": rec_similar["_check"]})
+    assert cold["heldout_source"].startswith("standard questions") and cold["trained_top1"] < 0.5
+    assert warm["trained_top1"] == cold["trained_top1"]
+
+
 def test_answer_examples_key_the_model_only_where_they_are_used():
     from faq_bot.config import FaqConfig
 

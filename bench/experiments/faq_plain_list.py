@@ -60,8 +60,8 @@ def main() -> None:
           "head |")
     print("|---|---|---|---|")
     for on, s, m in rows:
-        head = (f"kept (held-out {m.get('untrained_top1')} -> {m.get('trained_top1')})" if m.get("head_used")
-                else m.get("reason", "none"))
+        head = (f"kept (held-out {m.get('heldout_source')}: {m.get('untrained_top1'):.3f} → "
+                f"{m.get('trained_top1'):.3f})" if m.get("head_used") else f"none ({m.get('reason', '')})")
         print(f"| {'on' if on else 'off'} | {100 * s['top1_accuracy']:.1f}% | "
               f"{100 * s['current_in_scope_accuracy']:.1f}% / {100 * s['current_oos_recall']:.1f}% | {head} |")
 

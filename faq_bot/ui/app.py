@@ -5,6 +5,7 @@ Handlers are short: they check the admin session where needed, call the library,
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from ..knowledge import SUPPORTED_SUFFIXES, IngestResult
 from . import chat as chat_mod
 from . import evaluation, render, training
 from .guard import AdminContext, client_of
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["build_app", "CSS", "ingest_uploads"]
 
@@ -198,7 +201,11 @@ def build_app(pipeline, cfg: AppConfig | None = None, auth: Auth | None = None, 
             admin.require(tok)
             docs = store.list_documents()
             stats = render.stats_markdown(kb.stats())
-            matcher = render.matcher_markdown(pipeline.faq.info())
+            try:  # a line of information: never the reason the Knowledge tab fails to load
+                matcher = render.matcher_markdown(pipeline.faq.info())
+            except Exception as e:  # noqa: BLE001
+                logger.warning("FAQ matcher info unavailable: %s", e)
+                matcher = ""
             return (stats + ("  \n" + matcher if matcher else ""), render.document_rows(docs),
                     render.faq_rows(store.faqs()),
                     gr.update(choices=render.document_choices(docs), value=None),
