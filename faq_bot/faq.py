@@ -224,7 +224,7 @@ class FaqMatcher:
                 standard.append(i == 0)
         parts = [m[[p[q] for q in qids]] if qids else np.zeros((0, enc.dim), np.float32)
                  for (_, m), p, enc in zip(vecs, pos, self.encoders)]
-        mat = np.ascontiguousarray(np.concatenate(parts, axis=1) / np.sqrt(len(parts)), dtype=np.float32)
+        mat = np.ascontiguousarray(_joint(parts), dtype=np.float32)
         answers = [faqs[f].answer for f in faq_ids] if self.cfg.lexical or fh.uses_answer_examples(self.cfg) else None
         return fh.Bank(faq_ids, np.asarray(labels, np.int64), mat, texts, np.asarray(qids, np.int64),
                        np.asarray(standard, bool), answers)
@@ -247,10 +247,9 @@ class FaqMatcher:
         questions'; kept between retrains for the sentences still in use, so an edit embeds only what is new."""
         old = self._sentence_cache
         new = [t for t in dict.fromkeys(texts) if t not in old]
-        encs = self.encoders
         if new:
             batch = max(self.kb.cfg.embed.batch_size, 32)
-            fresh = np.concatenate([e.encode_queries(new, batch) for e in encs], axis=1) / np.sqrt(len(encs))
+            fresh = _joint([e.encode_queries(new, batch) for e in self.encoders])
             old = {**old, **dict(zip(new, fresh.astype(np.float32)))}
         self._sentence_cache = {t: old[t] for t in texts}
         if not texts:
@@ -322,10 +321,7 @@ class FaqMatcher:
         if len(bank) == 0:
             return []
         qtext = to_simplified(text) if st.simplify_queries else text
-        encs = self.encoders
-        q = np.concatenate([e.encode_query(qtext) for e in encs])[None, :].astype(np.float32)
-        if len(encs) > 1:
-            q /= np.sqrt(len(encs))
+        q = _joint([e.encode_query(qtext) for e in self.encoders]).astype(np.float32)[None, :]
         bm25 = None
         if sc.bm25_weight > 0 and st.sparse is not None:
             bm25 = fh.bm25_scores(st.sparse, st.label_of, bank.n_classes, [qtext])
@@ -344,6 +340,12 @@ class FaqMatcher:
             out.append(FaqMatch(faq=st.faqs[bank.faq_ids[r["faq"]]], score=round(float(decision_score(r["score"])), 4),
                                 matched_question=bank.texts[r["row"]], scores=scores))
         return out
+
+
+def _joint(parts: list[np.ndarray]) -> np.ndarray:
+    """Per-encoder vectors (each L2-normalized) side by side / sqrt(#encoders): one dot product of two such
+    vectors is the mean of the per-encoder cosines (the bank, answer sentences and queries all use it)."""
+    return np.concatenate(parts, axis=-1) / np.sqrt(len(parts))
 
 
 def _head_label(head: fh.HeadModel | None) -> str:

@@ -119,7 +119,6 @@ class Bank:
                     self.qids[keep], self.standard[keep], self.answers, self.example_vectors, self.example_labels,
                     self.example_texts)
 
-
     def fingerprint(self) -> str:
         h = hashlib.sha1()
         for i, f in enumerate(self.faq_ids):
@@ -518,7 +517,8 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
                  "heldout_source": source, "aggregate": aggregate}
     if not n_held:
         rec.update(head_used=False, lex_used=False, bm25_weight=0.0,
-                   reason="no FAQ has 2 or more similar questions (or, for the logreg head, answer sentences) to hold one out")
+                   reason="no FAQ has 2 or more similar questions (or, for the logreg head, answer sentences) "
+                          "to hold one out")
         return None, 0.0, rec
     train = bank.subset(~held) if split is None else split[0]
     q, gold, texts = bank.vectors[held], bank.labels[held], [t for t, h in zip(bank.texts, held) if h]

@@ -296,7 +296,8 @@ def test_lexical_head_never_makes_held_out_questions_worse():
     by_w = rec["top1_by_lex_weight"]
     hurt = [w for w, acc in by_w.items() if acc < by_w["0.0"]]
     assert "0.1" in hurt  # random words mislead when they weigh enough ...
-    assert str(rec["lex_weight"]) not in hurt and rec["top1_with_lex"] == by_w["0.0"]  # ... and such weights are not taken
+    # ... and such weights are not taken
+    assert str(rec["lex_weight"]) not in hurt and rec["top1_with_lex"] == by_w["0.0"]
     assert rec["head_used"] and head is not None
 
 

@@ -72,7 +72,8 @@ def main() -> None:
                    "runs": [val["run_dir"], test["run_dir"], sample["run_dir"]]}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print("| matcher | CLINC test top-1 | in-scope acc / OOS recall (thresholds from calib) | sample set top-1 (68 paraphrases) |")
+    print("| matcher | CLINC test top-1 | in-scope acc / OOS recall (thresholds from calib) "
+          "| sample set top-1 (68 paraphrases) |")
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['matcher']} | {100 * r['clinc_top1']:.1f}% | {100 * r['in_scope_accuracy']:.1f}% / "

@@ -403,7 +403,8 @@ def load_rgb(
 # ---------------------------------------------------------------------------- CLINC150
 
 
-def load_clinc(path: str | Path, *, split: Literal["test", "val", "calib"] = "test") -> tuple[list[Faq], list[FaqQuery]]:
+def load_clinc(path: str | Path, *,
+               split: Literal["test", "val", "calib"] = "test") -> tuple[list[Faq], list[FaqQuery]]:
     """CLINC150 as an FAQ benchmark: one FAQ per intent (train utterances as paraphrases) and labelled queries.
 
     `calib` is the calibration split: the val utterances with every out-of-scope utterance outside test
