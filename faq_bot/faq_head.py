@@ -9,16 +9,18 @@ Signals, per FAQ (never per question):
           best FAQ (0..1)
   head    `logreg`: multinomial logistic regression over the frozen embeddings, one row per FAQ,
           initialised at the FAQ centroids; its logit / scale is cosine-like. Trained on the questions and (when
-          the bank carries them) the sentences of the FAQ's answer as extra examples (`answer_sentences`).
+          the bank carries them) the sentences of the FAQ's answer, and the clauses of sentences that list several
+          facts, as extra examples (`answer_sentences`).
           `adapter`: a linear map of the embedding space trained contrastively on pairs of questions of the
           same FAQ (in-batch negatives, as llama-index's linear adapter), then the dense signal in that space.
   lex     log P(FAQ | text) of a softmax over hashed word/character n-grams trained on the FAQ's questions and
           answers (`faq_lexical.py`), clipped at -20.
 
 untrained score u = dense + w_bm25 * bm25; trained score r = a * head + (1 - a) * u + w_lex * lex. `w_bm25`, `a`
-and `w_lex` are chosen on held-out similar questions of the FAQ itself (one per FAQ with >= 2 similar questions;
-for a plain question/answer list without any, the standard questions, the answer sentences standing in for them
-in the check: `answer_check_split`, logreg only);
+and `w_lex` are chosen on held-out similar questions of the FAQ itself (one per FAQ with >= 2 similar questions
+per round, rounds pooled up to ~200 questions: `holdout_mask`, `check_rounds`; `a` and `w_lex` leave their priors
+only on significant evidence: `_choose`; for a plain question/answer list without any, the standard questions,
+the answer sentences standing in for them in the check: `answer_check_split`, logreg only);
 the same held-out questions decide whether the dense head is kept at all: it must not be worse than the untrained
 matcher, otherwise the stage falls back to `u` (+ lex when that helps; the check is written to
 faq_head_<kind>.json beside the model). Training is numpy (Adam, minibatches): seconds on CPU for 15k questions,
@@ -50,23 +52,33 @@ __all__ = ["HEAD_KINDS", "Bank", "HeadModel", "Scorer", "answer_sentences", "fit
 
 HeadKind = Literal["none", "logreg", "adapter"]
 HEAD_KINDS: tuple[str, ...] = ("none", "logreg", "adapter")
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: pooled check rounds, answer clauses (a persisted head of 2 is retrained once)
 BM25_WEIGHTS = (0.0, 0.1, 0.2, 0.3)
 HEAD_WEIGHTS = (0.5, 0.75, 1.0)
-# weight of the lexical head's log-probability; ties on held-out top-1 go to LEX_PRIOR, the weight that separated
-# out-of-scope questions best on CLINC150 val (README, "FAQ matching"), since held-out top-1 cannot see that
+# weight of the lexical head's log-probability; the held-out check moves it away from LEX_PRIOR, the weight that
+# separated out-of-scope questions best on CLINC150 val (README, "FAQ matching"), only on significant evidence
+# (`_choose`), since held-out top-1 cannot see out-of-scope separation
 LEX_WEIGHTS = (0.0, 0.02, 0.05, 0.1)
 LEX_PRIOR = 0.05
+HEAD_PRIOR = 0.75  # the head's weight without significant held-out evidence: mostly the head, a quarter untrained
+# the check pools held-out rounds (a different similar question of each FAQ per round) until it has about this
+# many questions, at most CHECK_MAX_ROUNDS: with ~100 held-out questions one draw moved the chosen weights
+CHECK_HELDOUT = 200
+CHECK_MAX_ROUNDS = 3
 LEX_MAX_CELLS = 1 << 26  # FAQs x hashed features of the lexical head (256 MB as float32): the dim shrinks above
 SCALE = 20.0  # logit scale (inverse temperature) of the logreg head and the adapter's contrastive loss
 MAX_ANSWER_SENTENCES = 16  # per FAQ: bounds the embedding cost of long answers (the first ones are kept)
+MIN_CLAUSE = 6  # characters of a clause kept as an example of its own
+_CLAUSE_SEP = re.compile(r"[，、]|,\s")
 _SENTENCE_END = re.compile(r"[。！？；;!?\n]+|(?<=[^\d\s.])\.(?=\s|$)")
 
 
-def answer_sentences(answer: str, limit: int = MAX_ANSWER_SENTENCES) -> list[str]:
+def answer_sentences(answer: str, limit: int = MAX_ANSWER_SENTENCES, clauses: bool = True) -> list[str]:
     """The sentences of an FAQ answer that the `logreg` head also learns from ("签收后15天内可申请退货" is what a
     customer asking "质量问题签收多少天内能退" means), in order, deduplicated, at most `limit`; fragments under 4
-    characters are dropped."""
+    characters are dropped. With `clauses`, the clauses of sentences that list several facts follow, up to `limit`
+    more (`_CLAUSE_SEP`, each at least `MIN_CLAUSE` characters: "每月4张10元无门槛优惠券" of a sentence that lists
+    five membership benefits is what "开了PLUS每个月能拿什么券" asks about)."""
     out: list[str] = []
     for part in _SENTENCE_END.split(answer or ""):
         part = part.strip().strip(",，、:：").strip()
@@ -74,7 +86,17 @@ def answer_sentences(answer: str, limit: int = MAX_ANSWER_SENTENCES) -> list[str
             out.append(part)
             if len(out) >= limit:
                 break
-    return out
+    if not clauses:
+        return out
+    extra: list[str] = []
+    for sent in out:
+        pieces = [p.strip() for p in _CLAUSE_SEP.split(sent)]
+        if len(pieces) < 2:
+            continue
+        for p in pieces:
+            if len(p) >= MIN_CLAUSE and p not in out and p not in extra and len(extra) < limit:
+                extra.append(p)
+    return out + extra
 
 
 # ---------------------------------------------------------------------------- the FAQ as matrices
@@ -156,8 +178,8 @@ def aggregate(sims: np.ndarray, starts: np.ndarray, counts: np.ndarray, how: str
     return (first + second) / 2
 
 
-def _hash_pick(texts: Sequence[str], rows: Sequence[int]) -> int:
-    return min(rows, key=lambda r: hashlib.sha1(texts[r].encode("utf-8")).hexdigest())
+def _hash_order(texts: Sequence[str], rows: Sequence[int]) -> list[int]:
+    return sorted(rows, key=lambda r: hashlib.sha1(texts[r].encode("utf-8")).hexdigest())
 
 
 def answer_check_split(bank: Bank) -> tuple[Bank, np.ndarray] | None:
@@ -189,15 +211,21 @@ def answer_check_split(bank: Bank) -> tuple[Bank, np.ndarray] | None:
     return check, bank.standard & has[bank.labels]
 
 
-def holdout_mask(bank: Bank) -> np.ndarray:
-    """One similar question per FAQ with >= 2 similar questions, chosen by a hash of its text (stable across
-    edits of other FAQs, so a warm-started check model never saw its own held-out questions)."""
+def holdout_mask(bank: Bank, round: int = 0) -> np.ndarray:
+    """One similar question per FAQ with >= 2 similar questions: in round r the r-th of them in the order of a hash
+    of their text (stable across edits of other FAQs, so a check model warm-started in round 0 never saw its own
+    held-out questions); a FAQ with r or fewer similar questions sits a later round out."""
     held = np.zeros(len(bank), dtype=bool)
     for c in range(bank.n_classes):
         rows = [r for r in range(bank.starts[c], bank.starts[c] + bank.counts[c]) if not bank.standard[r]]
-        if len(rows) >= 2:
-            held[_hash_pick(bank.texts, rows)] = True
+        if len(rows) >= 2 and round < len(rows):
+            held[_hash_order(bank.texts, rows)[round]] = True
     return held
+
+
+def check_rounds(n_first: int) -> int:
+    """Held-out rounds of the check when the first one holds out `n_first` questions."""
+    return int(min(CHECK_MAX_ROUNDS, max(1, -(-CHECK_HELDOUT // max(n_first, 1)))))
 
 
 # ---------------------------------------------------------------------------- heads
@@ -464,6 +492,22 @@ def _top1(scores: np.ndarray, gold: np.ndarray) -> float:
     return float(np.mean(scores.argmax(1) == gold)) if len(gold) else 0.0
 
 
+def _choose(scores_by: dict[float, np.ndarray], gold: np.ndarray, prior: float) -> float:
+    """The weight whose scores rank the held-out questions best, unless `prior` is not significantly worse.
+
+    A few dozen held-out questions tell weights apart only by a question or two, which is noise: the chosen
+    weight flipped between held-out draws and training runs. So the held-out evidence has to earn a move away
+    from the prior: among the weights whose deficit to the best (paired, in questions: best right and it wrong,
+    minus the reverse) is at most one standard deviation of that difference (sqrt of the discordant count, a
+    one-sigma sign test), the one nearest the prior is taken."""
+    right = {w: s.argmax(1) == gold for w, s in scores_by.items()}
+    best = max(right, key=lambda w: (int(right[w].sum()), -abs(w - prior)))
+    def close_enough(w: float) -> bool:
+        b, c = int(np.sum(right[best] & ~right[w])), int(np.sum(right[w] & ~right[best]))
+        return b - c <= np.sqrt(b + c)
+    return min((w for w in right if close_enough(w)), key=lambda w: (abs(w - prior), -int(right[w].sum())))
+
+
 def fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str = "max", use_bm25: bool = True,
                 lexical: bool = False, init: dict | None = None,
                 steps: int | None = None) -> tuple[HeadModel | None, float, dict]:
@@ -497,6 +541,10 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
                  init: dict | None, steps: int | None) -> tuple[HeadModel | None, float, dict]:
     """Choose the BM25 weight, train the heads, run the held-out check, and fit the final heads on everything.
 
+    The check pools `check_rounds` held-out rounds (`holdout_mask`), enough for about `CHECK_HELDOUT` questions;
+    every weight and the keep-or-fall-back decision is taken on the pooled questions, and a weight moves away from
+    its prior only on significant evidence (`_choose`).
+
     Args:
         bm25_fn: (bank, texts) -> (m, C) normalized BM25 FAQ scores of `texts` against `bank`'s questions.
         lexical: also train the lexical head (n-grams of questions and answers) and choose its weight.
@@ -511,22 +559,27 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
     split = answer_check_split(bank) if not held.any() and kind == "logreg" else None
     source = "similar questions" if split is None else "standard questions (answer sentences as their questions)"
     if split is not None:
-        held = split[1]
-    n_held = int(held.sum())
-    rec: dict = {"kind": kind, "n_questions": int(len(bank)), "n_faqs": bank.n_classes, "n_heldout": n_held,
-                 "heldout_source": source, "aggregate": aggregate}
-    if not n_held:
+        masks = [split[1]]
+    else:
+        masks = [held] + [holdout_mask(bank, r) for r in range(1, check_rounds(int(held.sum())))]
+        masks = [m for m in masks if m.any()]
+    rounds = [_Round(bank, m, split[0] if split is not None else None, bm25_fn if use_bm25 else None, aggregate)
+              for m in masks]
+    gold = np.concatenate([r.gold for r in rounds]) if rounds else np.zeros(0, np.int64)
+    rec: dict = {"kind": kind, "n_questions": int(len(bank)), "n_faqs": bank.n_classes, "n_heldout": int(len(gold)),
+                 "check_rounds": len(rounds), "heldout_source": source, "aggregate": aggregate}
+    if not len(gold):
         rec.update(head_used=False, lex_used=False, bm25_weight=0.0,
                    reason="no FAQ has 2 or more similar questions (or, for the logreg head, answer sentences) "
                           "to hold one out")
         return None, 0.0, rec
-    train = bank.subset(~held) if split is None else split[0]
-    q, gold, texts = bank.vectors[held], bank.labels[held], [t for t, h in zip(bank.texts, held) if h]
-    bm25 = bm25_fn(train, texts) if use_bm25 else None
+
+    def pooled(fn) -> np.ndarray:  # one (n_heldout, C) score matrix over every round
+        return np.concatenate([fn(r) for r in rounds])
 
     # untrained matcher: the BM25 weight it gets is chosen on the held-out questions too (fair comparison)
     weights = BM25_WEIGHTS if use_bm25 else (0.0,)
-    acc_by_w = {w: _top1(Scorer(train, aggregate, w).scores(q, bm25)["score"], gold) for w in weights}
+    acc_by_w = {w: _top1(pooled(lambda r: r.untrained(w)), gold) for w in weights}
     w_best = max(weights, key=lambda w: (acc_by_w[w], -w))
     untrained_acc = acc_by_w[w_best]
     rec.update(bm25_weight=w_best, untrained_top1=round(untrained_acc, 4),
@@ -536,40 +589,44 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
                    ms=round((time.perf_counter() - t0) * 1000, 1))
         return None, w_best, rec
 
-    # the dense head, trained without the held-out questions (warm start from the previous check model)
-    # (not in the plain-list split: an earlier check model, fitted when FAQs had similar questions, saw the
-    # standard questions this split holds out)
-    prev_check = (init or {}).get("check") if split is None else None
+    # the dense head, trained without each round's held-out questions; the first round warm-starts from the
+    # previous check model (its held-out questions are stable, see `holdout_mask`), later rounds and the
+    # plain-list split (an earlier check model, fitted when FAQs had similar questions, saw the standard questions
+    # it holds out) start from scratch
     t1 = time.perf_counter()
-    check = fit_head(kind, train, prev_check, steps)
+    for i, r in enumerate(rounds):
+        prev = (init or {}).get("check") if i == 0 and split is None else None
+        r.fit_head(kind, prev, steps)
+    check = rounds[0].head
     rec["check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)
-    sig = Scorer(train, aggregate, w_best, check).scores(q, bm25)
-    acc_by_a = {a: _top1(a * sig["head"] + (1 - a) * sig["untrained"], gold) for a in HEAD_WEIGHTS}
-    a_best = max(HEAD_WEIGHTS, key=lambda a: (acc_by_a[a], -abs(a - 0.75)))  # ties: the even blend
+    by_a = {a: pooled(lambda r: a * r.head_scores + (1 - a) * r.untrained(w_best)) for a in HEAD_WEIGHTS}
+    acc_by_a = {a: _top1(s, gold) for a, s in by_a.items()}
+    a_best = _choose(by_a, gold, HEAD_PRIOR)
     trained_acc = acc_by_a[a_best]
     check.head_weight = a_best
     head_used = trained_acc >= untrained_acc
     rec.update(head_weight=a_best, trained_top1=round(trained_acc, 4), head_used=head_used,
                trained_top1_by_head_weight={str(a): round(acc_by_a[a], 4) for a in HEAD_WEIGHTS})
     if head_used:
-        base, base_acc = a_best * sig["head"] + (1 - a_best) * sig["untrained"], trained_acc
+        base, base_acc = by_a[a_best], trained_acc
         rec["reason"] = f"trained >= untrained on held-out {source}"
     else:
-        base, base_acc = sig["untrained"], untrained_acc
+        base, base_acc = pooled(lambda r: r.untrained(w_best)), untrained_acc
         rec["reason"] = (f"trained {trained_acc:.4f} < untrained {untrained_acc:.4f} on held-out {source}: "
                          "fell back to the untrained matcher")
         logger.warning("FAQ head (%s) worse than the untrained matcher on %d held-out %s (%.3f < %.3f): "
-                       "falling back", kind, n_held, source, trained_acc, untrained_acc)
+                       "falling back", kind, len(gold), source, trained_acc, untrained_acc)
 
-    # the lexical head on the same split; its weight (maybe 0) is chosen on the same held-out questions
+    # the lexical head on the same splits; its weight (maybe 0) is chosen on the same held-out questions
     lex_w, check_lex = 0.0, None
     if lexical and bank.n_classes >= 2:  # the check model keeps only the weight (its lexical part: see _fit_lex)
         t1 = time.perf_counter()
-        check_lex = _fit_lex(train)
+        lp = pooled(lambda r: r.lex_log_proba())
+        check_lex = rounds[0].lex
         rec["lex_check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)
-        lp = check_lex.log_proba(texts)
-        acc_by_l = {w: _top1(base + w * lp, gold) for w in LEX_WEIGHTS}
-        lex_w = max(LEX_WEIGHTS, key=lambda w: (acc_by_l[w], -abs(w - LEX_PRIOR)))
+        by_l = {w: base + w * lp for w in LEX_WEIGHTS}
+        acc_by_l = {w: _top1(s, gold) for w, s in by_l.items()}
+        lex_w = _choose(by_l, gold, LEX_PRIOR)
         check.lex_weight = lex_w
         rec.update(lex_weight=lex_w, lex_dim=check_lex.dim, top1_with_lex=round(acc_by_l[lex_w], 4),
                    top1_by_lex_weight={str(w): round(acc_by_l[w], 4) for w in LEX_WEIGHTS})
@@ -579,7 +636,7 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
         rec["ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return None, w_best, {**rec, "_check": check}
 
-    # final heads on every question (and answer), warm-started from the check models
+    # final heads on every question (and answer), warm-started from the first round's check models
     t1 = time.perf_counter()
     if head_used:
         final = fit_head(kind, bank, check, max(1, (steps or (1000 if kind == "logreg" else 300)) // 3))
@@ -592,6 +649,33 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
     rec.update(final_train_ms=round((time.perf_counter() - t1) * 1000, 1),
                ms=round((time.perf_counter() - t0) * 1000, 1))
     return final, w_best, {**rec, "_check": check}
+
+
+class _Round:
+    """One held-out round of the check: the bank without its held-out questions (or the plain-list check bank),
+    the held-out questions, and each signal's scores of them, computed once and combined under every weight."""
+
+    def __init__(self, bank: Bank, held: np.ndarray, train: Bank | None, bm25_fn, aggregate: str) -> None:
+        self.train = bank.subset(~held) if train is None else train
+        self.aggregate = aggregate
+        self.q, self.gold = bank.vectors[held], bank.labels[held]
+        self.texts = [t for t, h in zip(bank.texts, held) if h]
+        self.bm25 = bm25_fn(self.train, self.texts) if bm25_fn is not None else None
+        self.dense = self.train.aggregate(self.q @ self.train.vectors.T, aggregate)
+        self.head: HeadModel | None = None
+        self.head_scores: np.ndarray | None = None
+        self.lex: LexModel | None = None
+
+    def untrained(self, w: float) -> np.ndarray:
+        return self.dense + w * self.bm25 if self.bm25 is not None and w else self.dense
+
+    def fit_head(self, kind: HeadKind, init: HeadModel | None, steps: int | None) -> None:
+        self.head = fit_head(kind, self.train, init, steps)
+        self.head_scores = Scorer(self.train, self.aggregate, 0.0, self.head).scores(self.q, None)["head"]
+
+    def lex_log_proba(self) -> np.ndarray:
+        self.lex = _fit_lex(self.train)
+        return self.lex.log_proba(self.texts)
 
 
 # ---------------------------------------------------------------------------- persistence

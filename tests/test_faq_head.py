@@ -11,7 +11,8 @@ import pytest
 from faq_bot.eval.metrics import pick_threshold, threshold_sweep
 from faq_bot.eval.runner import calibrate_faq
 from faq_bot.faq import FaqMatcher, decision_score, normalize_question, to_simplified
-from faq_bot.faq_head import (Bank, HeadModel, Scorer, answer_sentences, bank_bm25_fn, fit_matcher, holdout_mask,
+from faq_bot.faq_head import (CHECK_MAX_ROUNDS, _choose, Bank, HeadModel, Scorer, answer_sentences, bank_bm25_fn, check_rounds,
+                              fit_matcher, holdout_mask,
                               load_model, model_fingerprint, save_model)
 from faq_bot.faq_lexical import LOGP_FLOOR, fit_lexical
 from faq_bot.knowledge import KnowledgeBase
@@ -46,7 +47,7 @@ def _nuisance_faq(seed: int = 0, n_faqs: int = 8, per: int = 12, dim: int = 48):
 def test_head_training_beats_untrained_matcher_on_held_out_paraphrases():
     bank, draw = _nuisance_faq()
     head, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False)
-    assert rec["n_heldout"] == 8 and rec["head_used"] and head is not None
+    assert rec["n_heldout"] == 24 and rec["check_rounds"] == 3 and rec["head_used"] and head is not None
     assert rec["trained_top1"] > rec["untrained_top1"]
     # and on fresh paraphrases, which neither the check nor the final head has seen
     q = np.concatenate([draw(c, 20) for c in range(8)])
@@ -64,17 +65,18 @@ def test_adapter_head_trains_and_is_checked():
         assert head.A.shape == (48, 48) and rec["trained_top1"] >= rec["untrained_top1"]
 
 
-def _shuffled_faq(n_faqs: int = 10, per: int = 16, dim: int = 64, seed: int = 0) -> Bank:
+def _shuffled_faq(n_faqs: int = 10, per: int = 48, dim: int = 64, seed: int = 0) -> Bank:
     """Each FAQ's similar questions carry the next FAQ's meaning (labels shuffled between FAQs); only the standard
-    question and the held-out one (a near duplicate of it) are right. The head learns the shuffled labels; the
-    nearest neighbour still finds the standard question."""
+    question and the held-out ones (near duplicates of it, one per check round) are right. The head learns the
+    shuffled labels; the nearest neighbour still finds the standard question."""
     rng = np.random.default_rng(seed)
     mu = _unit(rng.normal(size=(n_faqs, dim)))
     labels = np.repeat(np.arange(n_faqs), per)
     texts = [f"s{c}-{i}" for c in range(n_faqs) for i in range(per)]
     standard = np.arange(n_faqs * per) % per == 0
-    held = holdout_mask(Bank([f"f{c}" for c in range(n_faqs)], labels, np.zeros((len(labels), dim), np.float32), texts,
-                             np.arange(len(labels)), standard))
+    shape = Bank([f"f{c}" for c in range(n_faqs)], labels, np.zeros((len(labels), dim), np.float32), texts,
+                 np.arange(len(labels)), standard)
+    held = np.any([holdout_mask(shape, r) for r in range(CHECK_MAX_ROUNDS)], axis=0)
     vecs = np.stack([_unit(mu[c] + 0.05 * rng.normal(size=dim)) if standard[r] or held[r]
                      else _unit(mu[(c + 1) % n_faqs] + 0.2 * rng.normal(size=dim))
                      for r, c in enumerate(labels)])
@@ -105,7 +107,12 @@ def test_answer_sentences_split_dedupe_and_bound():
     assert answer_sentences(zh) == ["签收后15天内可申请退货", "运费由商家承担"]  # repeated and 2-char pieces dropped
     en = "Orders of 1.5 kg ship free. Refunds take 1-3 days!\nSee Orders > Invoice, e.g. for VAT"
     assert answer_sentences(en) == ["Orders of 1.5 kg ship free", "Refunds take 1-3 days",
-                                    "See Orders > Invoice, e.g", "for VAT"]
+                                    "See Orders > Invoice, e.g", "for VAT", "See Orders > Invoice"]
+    # a sentence listing several facts: its clauses (6+ characters) follow the sentences, as examples of their own
+    plus = "会员享有全年免运费、会员专享价、每月4张10元无门槛优惠券，以及生日当月双倍积分。可随时退订。"
+    assert answer_sentences(plus) == ["会员享有全年免运费、会员专享价、每月4张10元无门槛优惠券，以及生日当月双倍积分", "可随时退订",
+                                      "会员享有全年免运费", "每月4张10元无门槛优惠券", "以及生日当月双倍积分"]
+    assert answer_sentences(plus, clauses=False) == answer_sentences(plus)[:2]
     assert answer_sentences("[book_flight]") == ["[book_flight]"] and answer_sentences("") == []
     assert answer_sentences("。".join(f"第{i}句话很长" for i in range(40)), limit=5) == [f"第{i}句话很长" for i in range(5)]
 
@@ -200,7 +207,7 @@ def test_logreg_head_learns_from_answer_sentences():
     bank.example_vectors = np.concatenate([draw(8 + c, 3) for c in range(8)])  # three answer sentences per FAQ
     bank.example_labels = np.repeat(np.arange(8), 3)
     taught, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False)
-    assert rec["n_heldout"] == rec_plain["n_heldout"] == 8  # answer sentences are never held out
+    assert rec["n_heldout"] == rec_plain["n_heldout"] == 24  # answer sentences are never held out
     acc = {name: np.mean(Scorer(bank, head=h).scores(q, None)["score"].argmax(1) == gold)
            for name, h in (("plain", plain), ("taught", taught))}
     assert acc["plain"] < 0.4 and acc["taught"] >= 0.9, acc
@@ -214,6 +221,28 @@ def test_holdout_takes_one_similar_question_per_faq_with_two():
                 np.arange(6), np.array([True, False, False, True, False, True]))
     held = holdout_mask(bank)
     assert held.sum() == 1 and held[1:3].sum() == 1
+    # the next round holds out FAQ 0's other similar question; there is no third one
+    second = holdout_mask(bank, 1)
+    assert second.sum() == 1 and second[1:3].sum() == 1 and not (held & second).any()
+    assert not holdout_mask(bank, 2).any()
+    # rounds until about 200 held-out questions, at most 3
+    assert check_rounds(99) == 3 and check_rounds(150) == 2 and check_rounds(1000) == 1 and check_rounds(0) == 3
+
+
+def test_weights_leave_their_prior_only_on_significant_held_out_evidence():
+    gold = np.zeros(100, np.int64)
+
+    def scores(n_right: int, offset: int = 0) -> np.ndarray:  # questions offset..offset+n_right-1 ranked right
+        s = np.tile([0.0, 1.0], (100, 1))
+        s[offset:offset + n_right] = [1.0, 0.0]
+        return s
+
+    # 2 more right out of 100, every other question the same: within noise (2 <= sqrt(2)? no: 2 > 1.41), moves
+    assert _choose({0.5: scores(60), 0.75: scores(62)}, gold, prior=0.5) == 0.75
+    # 2 more right but 8 questions disagree (5 vs 3): 2 <= sqrt(8), the prior stays
+    assert _choose({0.5: scores(60), 0.75: scores(62, offset=3)}, gold, prior=0.5) == 0.5
+    # a clear win moves: 20 more right
+    assert _choose({0.5: scores(40), 0.75: scores(60), 1.0: scores(61)}, gold, prior=0.5) == 0.75
 
 
 def test_bank_aggregates_per_faq():
@@ -400,7 +429,9 @@ def test_adding_a_faq_retrains_the_head_and_a_restart_does_not(tmp_path, faq_enc
     matcher = FaqMatcher(cfg.faq, kb)
     matcher.warm_up()
     first = matcher.info()
-    assert first["n_faqs"] == 5 and first["n_heldout"] == 5 and not first["loaded"] and not first["warm_start"]
+    # three rounds hold out each of the 3 similar questions of every FAQ once
+    assert first["n_faqs"] == 5 and first["n_heldout"] == 15 and first["check_rounds"] == 3
+    assert not first["loaded"] and not first["warm_start"]
     meta = json.loads((cfg.store.index_dir / "faq_head_logreg.json").read_text(encoding="utf-8"))
     assert meta["generation"] == kb.store.generation() and meta["check"]["untrained_top1"] is not None
     # the head also learned from the answers' sentences, embedded like questions by the FAQ encoder
