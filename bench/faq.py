@@ -192,6 +192,7 @@ def _one_size(ctx: PartContext, n: int, faqs, stream: QueryStream, model: str, h
 
 def run(ctx: PartContext) -> None:
     from faq_bot.config import EmbedConfig
+    from faq_bot.faq_head import check_rounds
 
     res = ctx.result
     sizes = ctx.options.get("sizes") or ([10_000] if ctx.quick else [1_000, 10_000, 100_000])
@@ -222,7 +223,10 @@ def run(ctx: PartContext) -> None:
     for i, n in enumerate(sizes):
         faqs = data.subset(n)
         head = None
-        train = build[1] * (n / build[0]) ** 1.5 if build else 0.001 * n * math.sqrt(n / 10_000)
+        # the held-out check pools fewer rounds as FAQs grow (`check_rounds`; 10 questions per FAQ here), so the
+        # extrapolation takes the rounds (+1 for the final fit) out before scaling and puts them back after
+        train = (build[1] * (n / build[0]) ** 1.5 * (check_rounds(n // 10) + 1) / (check_rounds(build[0] // 10) + 1)
+                 if build else 0.001 * n * math.sqrt(n / 10_000))
         if train > 0.5 * ctx.budget.left():
             head = "none"
             res.note(f"{fmt_n(n)} questions: the default FAQ head (logreg over {n // 10:,} FAQs) would train for "
