@@ -106,11 +106,13 @@ def test_render_matcher_line_says_what_the_faq_stage_learned(pipeline):
     line = render.matcher_markdown(pipeline.faq.info())  # the test knowledge base's real matcher
     assert line.startswith("FAQ matcher: ")
     info = {"n_faqs": 99, "kind": "logreg", "head_used": True, "lex_used": True, "lex_weight": 0.05,
-            "untrained_top1": 0.6061, "top1_with_lex": 0.7475, "n_heldout": 99, "heldout_source": "similar questions",
-            "n_answer_examples": 169}
+            "untrained_top1": 0.5791, "top1_with_lex": 0.7037, "n_heldout": 297, "check_rounds": 3,
+            "heldout_source": "similar questions", "n_answer_examples": 450}
     assert render.matcher_markdown(info) == (
-        "FAQ matcher: trained head **logreg** + lexical head (weight 0.05) · held-out top-1 0.61 → 0.75 on 99 "
-        "similar questions · learned from 169 answer sentences")
+        "FAQ matcher: trained head **logreg** + lexical head (weight 0.05) · held-out top-1 0.58 → 0.70 on 297 "
+        "similar questions (3 rounds) · learned from 450 answer sentences and clauses")
+    one_round = {**info, "n_heldout": 99, "check_rounds": 1}
+    assert "on 99 similar questions · learned" in render.matcher_markdown(one_round)
     fell_back = {"n_faqs": 3, "head_used": False, "lex_used": False, "reason": "trained 0.5 < untrained 0.6"}
     assert render.matcher_markdown(fell_back) == ("FAQ matcher: untrained (nearest question + BM25): trained 0.5 &lt; "
                                                   "untrained 0.6")  # escaped like every staff-facing text

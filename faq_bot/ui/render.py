@@ -115,10 +115,12 @@ def matcher_markdown(info: dict) -> str:
     before, after = info.get("untrained_top1"), info.get("top1_with_lex", info.get("trained_top1"))
     line = f"FAQ matcher: {' + '.join(parts)}"
     if before is not None and after is not None:
+        rounds = info.get("check_rounds") or 1
         line += (f" · held-out top-1 {before:.2f} → {after:.2f} on {info.get('n_heldout', 0)} "
-                 f"{esc(info.get('heldout_source', 'similar questions'))}")
+                 f"{esc(info.get('heldout_source', 'similar questions'))}"
+                 + (f" ({rounds} rounds)" if rounds > 1 else ""))
     if info.get("n_answer_examples"):
-        line += f" · learned from {info['n_answer_examples']} answer sentences"
+        line += f" · learned from {info['n_answer_examples']} answer sentences and clauses"
     return line
 
 
