@@ -18,7 +18,7 @@ Signals, per FAQ (never per question):
 
 untrained score u = dense + w_bm25 * bm25; trained score r = a * head + (1 - a) * u + w_lex * lex. `w_bm25`, `a`
 and `w_lex` are chosen on held-out similar questions of the FAQ itself (one per FAQ with >= 2 similar questions
-per round, rounds pooled up to ~200 questions: `holdout_mask`, `check_rounds`; `a` and `w_lex` leave their priors
+per round, rounds pooled up to ~200 questions: `check_masks`; `a` and `w_lex` leave their priors
 only on significant evidence: `_choose`; for a plain question/answer list without any, the standard questions,
 the answer sentences standing in for them in the check: `answer_check_split`, logreg only);
 the same held-out questions decide whether the dense head is kept at all: it must not be worse than the untrained
@@ -211,21 +211,41 @@ def answer_check_split(bank: Bank) -> tuple[Bank, np.ndarray] | None:
     return check, bank.standard & has[bank.labels]
 
 
-def holdout_mask(bank: Bank, round: int = 0) -> np.ndarray:
-    """One similar question per FAQ with >= 2 similar questions: in round r the r-th of them in the order of a hash
-    of their text (stable across edits of other FAQs, so a check model warm-started in round 0 never saw its own
-    held-out questions); a FAQ with r or fewer similar questions sits a later round out."""
+def holdout_mask(bank: Bank, round: int = 0, per_faq: int = 1) -> np.ndarray:
+    """Held-out similar questions of round `round` of the check, from every FAQ with >= 2 similar questions, in the
+    order of a hash of their text: round 0 takes the first (stable across edits of other FAQs, so a check model
+    warm-started in round 0 never saw its own held-out questions), round r >= 1 the next `per_faq` after those of
+    round r - 1, at most a quarter of the FAQ's similar questions (at least one); a FAQ that has run out sits
+    the round out."""
     held = np.zeros(len(bank), dtype=bool)
     for c in range(bank.n_classes):
         rows = [r for r in range(bank.starts[c], bank.starts[c] + bank.counts[c]) if not bank.standard[r]]
-        if len(rows) >= 2 and round < len(rows):
-            held[_hash_order(bank.texts, rows)[round]] = True
+        if len(rows) < 2:
+            continue
+        k = min(per_faq, max(1, len(rows) // 4))
+        first = 0 if round == 0 else 1 + (round - 1) * k
+        n = 1 if round == 0 else k
+        held[_hash_order(bank.texts, rows)[first:first + n]] = True
     return held
 
 
 def check_rounds(n_first: int) -> int:
-    """Held-out rounds of the check when the first one holds out `n_first` questions."""
+    """Held-out rounds of the check when the first one holds out `n_first` questions (one per FAQ)."""
     return int(min(CHECK_MAX_ROUNDS, max(1, -(-CHECK_HELDOUT // max(n_first, 1)))))
+
+
+def check_masks(bank: Bank) -> list[np.ndarray]:
+    """Every round's held-out mask: rounds until about `CHECK_HELDOUT` questions (`check_rounds`), later rounds
+    taking several similar questions per FAQ when few FAQs have many (7 intents of 2,000 utterances each: 7
+    questions in round 0 and 98 in each later round, 203 in all, where one per FAQ per round gave 21)."""
+    first = holdout_mask(bank)
+    n_first = int(first.sum())
+    if not n_first:
+        return []
+    rounds = check_rounds(n_first)
+    per_faq = max(1, -(-(CHECK_HELDOUT - n_first) // (n_first * (rounds - 1)))) if rounds > 1 else 1
+    masks = [first] + [holdout_mask(bank, r, per_faq) for r in range(1, rounds)]
+    return [m for m in masks if m.any()]
 
 
 # ---------------------------------------------------------------------------- heads
@@ -541,7 +561,7 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
                  init: dict | None, steps: int | None) -> tuple[HeadModel | None, float, dict]:
     """Choose the BM25 weight, train the heads, run the held-out check, and fit the final heads on everything.
 
-    The check pools `check_rounds` held-out rounds (`holdout_mask`), enough for about `CHECK_HELDOUT` questions;
+    The check pools held-out rounds (`check_masks`), enough for about `CHECK_HELDOUT` questions;
     every weight and the keep-or-fall-back decision is taken on the pooled questions, and a weight moves away from
     its prior only on significant evidence (`_choose`).
 
@@ -561,8 +581,7 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
     if split is not None:
         masks = [split[1]]
     else:
-        masks = [held] + [holdout_mask(bank, r) for r in range(1, check_rounds(int(held.sum())))]
-        masks = [m for m in masks if m.any()]
+        masks = check_masks(bank)
     rounds = [_Round(bank, m, split[0] if split is not None else None, bm25_fn if use_bm25 else None, aggregate)
               for m in masks]
     gold = np.concatenate([r.gold for r in rounds]) if rounds else np.zeros(0, np.int64)
@@ -626,7 +645,8 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
         rec["lex_check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)
         by_l = {w: base + w * lp for w in LEX_WEIGHTS}
         acc_by_l = {w: _top1(s, gold) for w, s in by_l.items()}
-        lex_w = _choose(by_l, gold, LEX_PRIOR)
+        # never below the untrained matcher (weight 0 always qualifies: `base` is at least as good)
+        lex_w = _choose({w: sc for w, sc in by_l.items() if w == 0 or acc_by_l[w] >= untrained_acc}, gold, LEX_PRIOR)
         check.lex_weight = lex_w
         rec.update(lex_weight=lex_w, lex_dim=check_lex.dim, top1_with_lex=round(acc_by_l[lex_w], 4),
                    top1_by_lex_weight={str(w): round(acc_by_l[w], 4) for w in LEX_WEIGHTS})
