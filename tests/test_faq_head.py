@@ -121,6 +121,10 @@ def test_answer_sentences_split_dedupe_and_bound():
     assert answer_sentences(plus) == ["会员享有全年免运费、会员专享价、每月4张10元无门槛优惠券，以及生日当月双倍积分", "可随时退订",
                                       "会员享有全年免运费", "每月4张10元无门槛优惠券", "以及生日当月双倍积分"]
     assert answer_sentences(plus, clauses=False) == answer_sentences(plus)[:2]
+    assert answer_sentences("签收后15天内，可申请退货。") == ["签收后15天内，可申请退货", "签收后15天内"]  # 6+ characters
+    pay = "We accept Visa, Mastercard, PayPal and Alipay at checkout."
+    assert answer_sentences(pay)[1:] == ["We accept Visa", "PayPal and Alipay at checkout"]  # 3+ words in English
+    assert answer_sentences("Yes, you can.") == ["Yes, you can"]
     assert answer_sentences("[book_flight]") == ["[book_flight]"] and answer_sentences("") == []
     assert answer_sentences("。".join(f"第{i}句话很长" for i in range(40)), limit=5) == [f"第{i}句话很长" for i in range(5)]
 
@@ -234,7 +238,25 @@ def test_holdout_takes_one_similar_question_per_faq_with_two():
     assert second.sum() == 1 and second[1:3].sum() == 1 and not (held & second).any()
     assert not holdout_mask(bank, 2).any()
     # rounds until about 200 held-out questions, at most 3
-    assert check_rounds(99) == 3 and check_rounds(150) == 2 and check_rounds(1000) == 1 and check_rounds(0) == 3
+    assert check_rounds(99) == 3 and check_rounds(150) == 2 and check_rounds(1000) == 1
+
+
+def test_only_the_first_check_round_warm_starts(monkeypatch):
+    """The previous check model saw every question but round 0's held-out ones (stable by hash): later rounds,
+    which hold out others, must train from scratch; the final fit starts from round 0's model."""
+    bank, _ = _nuisance_faq()
+    first, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False)
+    calls = []
+    real = fh.fit_head
+
+    def spy(kind, b, init=None, steps=None):
+        calls.append((len(b), init))
+        return real(kind, b, init, steps)
+
+    monkeypatch.setattr(fh, "fit_head", spy)
+    fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False, init={"check": rec["_check"], "final": first})
+    assert [init is rec["_check"] for _, init in calls[:3]] == [True, False, False]  # the three check rounds
+    assert calls[3][0] == len(bank) and calls[3][1] is not None and calls[3][1] is not rec["_check"]  # final
 
 
 def test_check_holds_out_several_questions_per_faq_when_few_faqs_have_many():
