@@ -67,7 +67,7 @@ class IngestConfig(_Section):
 class FaqConfig(_Section):
     answer_threshold: float = Field(0.59, description="FAQ score at or above which the FAQ answer is returned directly "
                                     "(calibrate with `eval faq --calibrate`).")
-    suggest_threshold: float = Field(0.43, description="FAQ score at or above which 'did you mean' suggestions are shown.")
+    suggest_threshold: float = Field(0.52, description="FAQ score at or above which 'did you mean' suggestions are shown.")
     top_k: int = Field(20, gt=0, description="FAQ candidates kept per question (trace, suggestions).")
     max_suggestions: int = Field(3, ge=0)
     aggregate: Literal["max", "top2_mean"] = Field("max", description="How question similarities combine per FAQ.")
