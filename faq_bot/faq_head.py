@@ -9,18 +9,18 @@ Signals, per FAQ (never per question):
           best FAQ (0..1)
   head    `logreg`: multinomial logistic regression over the frozen embeddings, one row per FAQ,
           initialised at the FAQ centroids; its logit / scale is cosine-like. Trained on the questions and (when
-          the bank carries them) the sentences of the FAQ's answer, and the clauses of sentences that list several
-          facts, as extra examples (`answer_sentences`).
+          the bank carries them) the sentences of the FAQ's answer, and the clauses of its sentences of several
+          clauses, as extra examples (`answer_sentences`).
           `adapter`: a linear map of the embedding space trained contrastively on pairs of questions of the
           same FAQ (in-batch negatives, as llama-index's linear adapter), then the dense signal in that space.
   lex     log P(FAQ | text) of a softmax over hashed word/character n-grams trained on the FAQ's questions and
           answers (`faq_lexical.py`), clipped at -20.
 
 untrained score u = dense + w_bm25 * bm25; trained score r = a * head + (1 - a) * u + w_lex * lex. `w_bm25`, `a`
-and `w_lex` are chosen on held-out similar questions of the FAQ itself (one per FAQ with >= 2 similar questions
-per round, rounds pooled up to ~200 questions: `check_masks`; `a` and `w_lex` leave their priors
-only on significant evidence: `_choose`; for a plain question/answer list without any, the standard questions,
-the answer sentences standing in for them in the check: `answer_check_split`, logreg only);
+and `w_lex` are chosen on held-out similar questions of the FAQ itself (from each FAQ with >= 2 similar
+questions, one or more per round, rounds pooled up to ~200 questions: `check_masks`; `a` and `w_lex` leave their
+priors only on significant evidence: `_choose`; for a plain question/answer list without any, the standard
+questions, the answer sentences standing in for them in the check: `answer_check_split`, logreg only);
 the same held-out questions decide whether the dense head is kept at all: it must not be worse than the untrained
 matcher, otherwise the stage falls back to `u` (+ lex when that helps; the check is written to
 faq_head_<kind>.json beside the model). Training is numpy (Adam, minibatches): seconds on CPU for 15k questions,
