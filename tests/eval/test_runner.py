@@ -88,7 +88,8 @@ def test_update_faq_thresholds_edits_two_keys_and_keeps_comments(tmp_path):
     path = tmp_path / "default.yaml"
     path.write_text(src, encoding="utf-8")
     cur = yaml.safe_load(src)["faq"]
-    ans, sug = (0.735 if cur["answer_threshold"] != 0.735 else 0.745), (0.515 if cur["suggest_threshold"] != 0.515 else 0.505)
+    ans = 0.735 if cur["answer_threshold"] != 0.735 else 0.745
+    sug = 0.515 if cur["suggest_threshold"] != 0.515 else 0.505
     update_faq_thresholds(path, ans, sug)  # values the shipped config does not have, whatever calibration wrote there
     new = path.read_text(encoding="utf-8")
     changed = [(a, b) for a, b in zip(src.splitlines(), new.splitlines()) if a != b]
