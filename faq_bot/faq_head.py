@@ -36,7 +36,7 @@ import os
 import re
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -221,9 +221,8 @@ def answer_check_split(bank: Bank) -> tuple[Bank, np.ndarray] | None:
 def holdout_mask(bank: Bank, round: int = 0, per_faq: int = 1) -> np.ndarray:
     """Held-out similar questions of round `round` of the check, from every FAQ with >= 2 similar questions, in the
     order of a hash of their text: round 0 takes the first (stable across edits of other FAQs, so a check model
-    warm-started in round 0 saw none of them, unless the FAQ's held-out question was edited or deleted or the
-    FAQ just reached 2 similar questions: then one it trained on is held out, a small optimism of the check
-    for that FAQ), round r >= 1 the next `per_faq` after those of
+    warm-started in round 0 saw none of them; where a FAQ's held-out question changed, `_warm_start` resets that
+    FAQ), round r >= 1 the next `per_faq` after those of
     round r - 1, at most a quarter of the FAQ's similar questions (at least one); a FAQ that has run out sits
     the round out."""
     held = np.zeros(len(bank), dtype=bool)
@@ -272,6 +271,8 @@ class HeadModel:
     head_weight: float = 1.0
     lex: LexModel | None = None  # the lexical head, used with `lex_weight` > 0 (also with kind "none")
     lex_weight: float = 0.0
+    # check models: per FAQ (as `faq_ids`), a hash of the question round 0 held out ("" none): see `_warm_start`
+    heldout: list[str] | None = None
 
     @property
     def uses_lex(self) -> bool:
@@ -618,14 +619,19 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
         return None, w_best, rec
 
     # the dense head, trained without each round's held-out questions; the first round warm-starts from the
-    # previous check model (its held-out questions are stable, see `holdout_mask`), later rounds and the
+    # previous check model (its held-out questions are stable, see `holdout_mask`, `_warm_start`), later rounds and the
     # plain-list split (an earlier check model, fitted when FAQs had similar questions, saw the standard questions
     # it holds out) start from scratch
     t1 = time.perf_counter()
+    keys = _heldout_keys(bank, masks[0]) if split is None else None
+    warm, reset = _warm_start((init or {}).get("check"), bank.faq_ids, keys)
+    rec["warm_start"] = warm is not None
+    if reset:
+        rec["warm_start_reset_faqs"] = reset
     for i, r in enumerate(rounds):
-        prev = (init or {}).get("check") if i == 0 and split is None else None
-        r.fit_head(kind, prev, steps)
+        r.fit_head(kind, warm if i == 0 else None, steps)
     check = rounds[0].head
+    check.heldout = keys
     rec["check_train_ms"] = round((time.perf_counter() - t1) * 1000, 1)
     by_a = {a: pooled(lambda r: a * r.head_scores + (1 - a) * r.untrained(w_best)) for a in HEAD_WEIGHTS}
     acc_by_a = {a: _top1(s, gold) for a, s in by_a.items()}
@@ -680,6 +686,32 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
     rec.update(final_train_ms=round((time.perf_counter() - t1) * 1000, 1),
                ms=round((time.perf_counter() - t0) * 1000, 1))
     return final, w_best, {**rec, "_check": check}
+
+
+def _heldout_keys(bank: Bank, held: np.ndarray) -> list[str]:
+    """Per FAQ of `bank`, a hash of its question in `held` ("" none): what a warm start checks (`_warm_start`)."""
+    keys = [""] * bank.n_classes
+    for r in np.flatnonzero(held).tolist():
+        keys[bank.labels[r]] = hashlib.sha1(bank.texts[r].encode("utf-8")).hexdigest()[:16]
+    return keys
+
+
+def _warm_start(prev: HeadModel | None, faq_ids: Sequence[str], keys: list[str] | None) -> tuple[HeadModel | None, int]:
+    """The previous check model as the start of round 0, minus what would leak: it trained on every question but
+    those it held out, so a FAQ whose round-0 held-out question is another one now (the old one edited or
+    deleted, or the FAQ just reached 2 similar questions) restarts its logreg row at its centroid; an adapter
+    (one matrix for all FAQs) then starts from the identity. Returns (start or None, FAQs reset)."""
+    if prev is None or keys is None or prev.heldout is None:
+        return None, 0
+    old = dict(zip(prev.faq_ids, prev.heldout))
+    stale = {f for f, k in zip(faq_ids, keys) if k and f in old and old[f] != k}
+    if not stale:
+        return prev, 0
+    if prev.kind != "logreg" or prev.W is None or prev.b is None:
+        return None, len(stale)
+    keep = [i for i, f in enumerate(prev.faq_ids) if f not in stale]
+    return replace(prev, faq_ids=[prev.faq_ids[i] for i in keep], W=prev.W[keep], b=prev.b[keep],
+                   heldout=[prev.heldout[i] for i in keep]), len(stale)
 
 
 class _Round:
@@ -744,6 +776,8 @@ def save_model(directory: Path, kind: str, meta: dict, models: dict[str, HeadMod
             v = getattr(m, k)
             if v is not None:
                 arrays[f"{name}__{k}"] = v
+        if m.heldout is not None:
+            arrays[f"{name}__heldout"] = np.array(m.heldout, dtype=str)
         if m.lex is not None:  # trained on the same bank: its FAQ ids are the head's
             rows = np.flatnonzero(np.any(m.lex.WT != 0, axis=1))  # features never seen in training stay 0: not stored
             arrays[f"{name}__lex_idf"], arrays[f"{name}__lex_b"] = m.lex.idf, m.lex.b
@@ -774,9 +808,10 @@ def load_model(directory: Path, kind: str) -> tuple[dict, dict[str, HeadModel]] 
                         WT = np.zeros((len(idf), len(b)), np.float32)
                         WT[z[f"{name}__lex_rows"]] = z[f"{name}__lex_WT"]
                         lex = LexModel(list(faq_ids), idf, WT, b)
+                    heldout = ([str(x) for x in z[f"{name}__heldout"]] if f"{name}__heldout" in z.files else None)
                     models[name] = HeadModel(info["kind"], faq_ids,
                                              head_weight=float(info["head_weight"]), lex=lex,
-                                             lex_weight=float(info.get("lex_weight", 0.0)), **arr)
+                                             lex_weight=float(info.get("lex_weight", 0.0)), heldout=heldout, **arr)
         return meta, models
     except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as e:
         logger.info("FAQ head not loadable from %s (%s)", js, e)

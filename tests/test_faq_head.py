@@ -259,6 +259,35 @@ def test_only_the_first_check_round_warm_starts(monkeypatch):
     assert calls[3][0] == len(bank) and calls[3][1] is not None and calls[3][1] is not rec["_check"]  # final
 
 
+def test_warm_start_resets_a_faq_whose_held_out_question_changed(monkeypatch, tmp_path):
+    """The previous check model trained on every question but the ones round 0 held out. When a FAQ's held-out
+    question is deleted, the next one in hash order, which that model trained on, is held out now: that FAQ's row
+    restarts at its centroid, the others keep their warm start; the hashes persist with the model."""
+    bank, _ = _nuisance_faq()
+    _, _, rec = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False)
+    prev = rec["_check"]
+    assert prev.heldout is not None and len(prev.heldout) == 8 and all(prev.heldout)
+    save_model(tmp_path, "logreg", {"check": {}}, {"check": prev})
+    assert load_model(tmp_path, "logreg")[1]["check"].heldout == prev.heldout
+
+    starts = []
+    real = fh.fit_head
+
+    def spy(kind, b, init=None, steps=None):
+        starts.append(init)
+        return real(kind, b, init, steps)
+
+    monkeypatch.setattr(fh, "fit_head", spy)
+    _, _, same = fit_matcher("logreg", bank, bank_bm25_fn, use_bm25=False, init={"check": prev})
+    assert starts[0] is prev and "warm_start_reset_faqs" not in same  # nothing changed: the whole model
+    starts.clear()
+    gone = holdout_mask(bank) & (bank.labels == 2)  # FAQ 2's held-out question is deleted
+    _, _, rec2 = fit_matcher("logreg", bank.subset(~gone), bank_bm25_fn, use_bm25=False, init={"check": prev})
+    assert rec2["warm_start_reset_faqs"] == 1 and rec2["_check"].heldout[2] != prev.heldout[2]
+    assert starts[0].faq_ids == [f for f in bank.faq_ids if f != "f2"] and starts[0].W.shape[0] == 7
+    assert starts[1] is None and starts[2] is None  # later rounds: from scratch, as always
+
+
 def test_check_holds_out_several_questions_per_faq_when_few_faqs_have_many():
     """7 intents x 101 utterances: one round of one per FAQ would check on 7 questions; later rounds take 14 per
     FAQ (never more than a quarter of its similar questions) until ~200, each question held out at most once."""
