@@ -280,7 +280,7 @@ class FaqMatcher:
                                       lexical=cfg.lexical, init=warm, steps=cfg.train_steps)
         check = rec.pop("_check", None)
         models = {k: m for k, m in (("final", head), ("check", check)) if m is not None}
-        rec.setdefault("warm_start", bool(warm))  # the check says whether round 0 could start from it
+        rec.setdefault("warm_start", False)  # set by the check when round 0 started from the previous model
         if bank.example_labels is not None:
             rec.update(n_answer_examples=int(len(bank.example_labels)), answer_examples_embed_ms=embed_ms)
         try:

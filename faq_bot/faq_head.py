@@ -185,8 +185,12 @@ def aggregate(sims: np.ndarray, starts: np.ndarray, counts: np.ndarray, how: str
     return (first + second) / 2
 
 
+def _text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
 def _hash_order(texts: Sequence[str], rows: Sequence[int]) -> list[int]:
-    return sorted(rows, key=lambda r: hashlib.sha1(texts[r].encode("utf-8")).hexdigest())
+    return sorted(rows, key=lambda r: _text_hash(texts[r]))
 
 
 def answer_check_split(bank: Bank) -> tuple[Bank, np.ndarray] | None:
@@ -585,13 +589,11 @@ def _fit_matcher(kind: HeadKind, bank: Bank, bm25_fn, *, aggregate: str, use_bm2
         A dense head that fails the check comes back as kind "none" when the lexical head is still used.
     """
     t0 = time.perf_counter()
-    held = holdout_mask(bank)
-    split = answer_check_split(bank) if not held.any() and kind == "logreg" else None
+    masks = check_masks(bank)
+    split = answer_check_split(bank) if not masks and kind == "logreg" else None
     source = "similar questions" if split is None else "standard questions (answer sentences as their questions)"
     if split is not None:
         masks = [split[1]]
-    else:
-        masks = check_masks(bank)
     rounds = [_Round(bank, m, split[0] if split is not None else None, bm25_fn if use_bm25 else None, aggregate)
               for m in masks]
     gold = np.concatenate([r.gold for r in rounds]) if rounds else np.zeros(0, np.int64)
@@ -692,7 +694,7 @@ def _heldout_keys(bank: Bank, held: np.ndarray) -> list[str]:
     """Per FAQ of `bank`, a hash of its question in `held` ("" none): what a warm start checks (`_warm_start`)."""
     keys = [""] * bank.n_classes
     for r in np.flatnonzero(held).tolist():
-        keys[bank.labels[r]] = hashlib.sha1(bank.texts[r].encode("utf-8")).hexdigest()[:16]
+        keys[bank.labels[r]] = _text_hash(bank.texts[r])[:16]
     return keys
 
 
