@@ -70,6 +70,7 @@ SCALE = 20.0  # logit scale (inverse temperature) of the logreg head and the ada
 MAX_ANSWER_SENTENCES = 16  # per FAQ, and as many clauses: bounds the embedding cost of long answers (first kept)
 MIN_CLAUSE = 6  # characters of a clause kept as an example of its own
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+_WORDY = re.compile(r"[^\W\d_]")  # a letter or CJK character: "[17]" (an intent id as answer) is no sentence
 _CLAUSE_SEP = re.compile(r"[，、]|,\s")
 _SENTENCE_END = re.compile(r"[。！？；;!?\n]+|(?<=[^\d\s.])\.(?=\s|$)")
 
@@ -77,14 +78,14 @@ _SENTENCE_END = re.compile(r"[。！？；;!?\n]+|(?<=[^\d\s.])\.(?=\s|$)")
 def answer_sentences(answer: str, limit: int = MAX_ANSWER_SENTENCES, clauses: bool = True) -> list[str]:
     """The sentences of an FAQ answer that the `logreg` head also learns from ("签收后15天内可申请退货" is what a
     customer asking "质量问题签收多少天内能退" means), in order, deduplicated, at most `limit`; fragments under 4
-    characters are dropped. With `clauses`, the clauses of sentences of several clauses (`_CLAUSE_SEP`) follow, up
-    to `limit` more, each at least `MIN_CLAUSE` characters and, without CJK characters, 3 words
-    ("每月4张10元无门槛优惠券" of a sentence that lists five membership benefits is what "开了PLUS每个月能拿什么券"
-    asks about)."""
+    characters, or without a letter or CJK character, are dropped. With `clauses`, the clauses of sentences of
+    several clauses (`_CLAUSE_SEP`) follow, up to `limit` more, each at least `MIN_CLAUSE` characters and,
+    without CJK characters, 3 words ("每月4张10元无门槛优惠券" of a sentence that lists five membership
+    benefits is what "开了PLUS每个月能拿什么券" asks about)."""
     out: list[str] = []
     for part in _SENTENCE_END.split(answer or ""):
         part = part.strip().strip(",，、:：").strip()
-        if len(part) >= 4 and part not in out:
+        if len(part) >= 4 and _WORDY.search(part) and part not in out:
             out.append(part)
             if len(out) >= limit:
                 break
