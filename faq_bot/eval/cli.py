@@ -59,12 +59,18 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
     p = sub.add_parser("faq", help="FAQ matching: top-1 accuracy, out-of-scope P/R, threshold sweep, calibration")
     p.add_argument("--kb", default=None, help="FAQ file (csv/xlsx/json/jsonl) read by the ingest readers")
-    p.add_argument("--queries", default=None, help='JSONL of {"question": ..., "faq_id": ... | null}')
+    p.add_argument("--queries", default=None, help='JSONL of {"question": ..., "faq_id": ... | null}; with '
+                                                   "--intents, a labelled-utterance file like it")
+    p.add_argument("--intents", default=None,
+                   help="any labelled intent set's training utterances (jsonl/json/csv/tsv of text + intent: "
+                        "intents as FAQs, utterances as paraphrases); score it with --queries")
+    p.add_argument("--oos-label", action="append", default=None, metavar="LABEL",
+                   help="with --intents: label of out-of-scope utterances (repeatable; default: oos, out_of_scope)")
     p.add_argument("--clinc", default=None, help="CLINC150 data_full.json (intents as FAQs, train utterances as paraphrases)")
     p.add_argument("--split", choices=("test", "val", "calib"), default="test",
                    help="CLINC150 split to score (calib: val + every out-of-scope utterance outside test, to calibrate)")
     p.add_argument("--data", default=None, help="eval JSONL scored against the FAQs in the configured store "
-                                                "(used when neither --kb nor --clinc is given; default: the sample set)")
+                                                "(used without --kb / --intents / --clinc; default: the sample set)")
     p.add_argument("--calibrate", action="store_true", help="write the chosen thresholds into --write-config")
     p.add_argument("--objective", choices=("max_accuracy", "balanced", "in_scope_precision"), default="max_accuracy",
                    help="balanced: max mean of in-scope accuracy and out-of-scope recall (robust to their mix)")
@@ -292,17 +298,27 @@ def _refusals(cfg: AppConfig) -> tuple[str, str]:
 
 
 def _faq(cfg, args, run_dir, *, pipeline, progress, bar):
-    from faq_bot.eval.datasets import FaqQuery, load_clinc, load_faq_queries
+    from faq_bot.eval.datasets import OOS_LABELS, FaqQuery, load_clinc, load_faq_queries, load_intents
     from faq_bot.eval.report import update_faq_thresholds
     from faq_bot.eval.runner import run_faq
 
     errors: list[str] = []
-    if args.kb and args.clinc:
-        raise ValueError("give either `--kb FILE --queries FILE` or `--clinc FILE`, not both.")
-    if args.kb or args.clinc:
+    if sum(bool(x) for x in (args.kb, args.clinc, args.intents)) > 1:
+        raise ValueError("give one of `--kb FILE --queries FILE`, `--intents FILE --queries FILE` or `--clinc FILE`.")
+    if args.oos_label and not args.intents:
+        raise ValueError("`--oos-label` applies to `--intents` only.")
+    if args.kb or args.clinc or args.intents:
         if args.clinc:
             faqs, queries = load_clinc(_path(args.clinc, Path(), "CLINC150 file"), split=args.split)
             source, data = Path(args.clinc).name, {"clinc": str(args.clinc), "split": args.split}
+        elif args.intents:
+            if not args.queries:
+                raise ValueError("`--intents FILE` needs `--queries FILE` (labelled utterances to score).")
+            oos = tuple(args.oos_label or OOS_LABELS)
+            faqs, queries, errors = load_intents(_path(args.intents, Path(), "intents file"),
+                                                 _path(args.queries, Path(), "queries file"), oos_labels=oos)
+            source = Path(args.intents).name
+            data = {"intents": str(args.intents), "queries": str(args.queries), "oos_labels": list(oos)}
         else:
             if not args.queries:
                 raise ValueError("`--kb FILE` needs `--queries FILE` (JSONL of question / faq_id).")

@@ -1,14 +1,17 @@
-"""Evaluation datasets: our eval JSONL, RGB (noise robustness / rejection / integration / counterfactual), CLINC150."""
+"""Evaluation datasets: our eval JSONL, RGB (noise robustness / rejection / integration / counterfactual), CLINC150,
+and any labelled intent set (utterance + intent files) as an FAQ benchmark."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
 import random
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -21,6 +24,8 @@ __all__ = [
     "load_clinc",
     "load_eval_jsonl",
     "load_faq_queries",
+    "load_intents",
+    "read_labelled",
     "load_rgb",
     "rgb_kind",
     "rgb_lang",
@@ -444,3 +449,172 @@ def load_clinc(path: str | Path, *,
         queries.append(FaqQuery(question=text, faq_id=intent))
     queries += [FaqQuery(question=text, faq_id=None) for key in oos for text, _ in data[key]]
     return faqs, queries
+
+
+# ---------------------------------------------------------------------------- any labelled intent set
+
+OOS_LABELS = ("oos", "out_of_scope")
+_TEXT_KEYS = ("text", "utterance", "sentence", "query", "question", "文本", "句子", "问题")
+_LABEL_KEYS = ("intent", "label_text", "label", "category", "faq_id", "意图", "标签", "类别")
+_WORDY = re.compile(r"[^\W\d_]")  # a letter or CJK character: an intent name that can stand as a question
+
+
+def _pick(keys: Sequence[str], names: Sequence[str]) -> str | None:
+    low = {str(n).strip().lower(): n for n in names}
+    return next((low[k] for k in keys if k in low), None)
+
+
+def _label(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _unquote(field: str) -> str:
+    return field[1:-1].replace('""', '"') if len(field) >= 2 and field[0] == field[-1] == '"' else field
+
+
+def _unit(path: Path) -> str:
+    """What `read_labelled` numbers in `path`'s layout."""
+    suffix = path.suffix.lower()
+    return "line" if suffix == ".jsonl" else "item" if suffix == ".json" else "row"
+
+
+def read_labelled(path: str | Path) -> tuple[list[tuple[int, str, str | None]], list[str]]:
+    """(row, text, label) of a labelled-utterance file, in file order, and row-numbered errors for bad rows.
+
+    Layouts: JSONL of objects or `[text, label]` pairs; JSON of a list of either; CSV / TSV (`.tsv`, `.txt`: tab)
+    with a header naming a text column (text, utterance, sentence, query, question, 文本, 句子, 问题) and a label
+    column (intent, label_text, label, category, faq_id, 意图, 标签, 类别: the first present wins; with two columns,
+    naming one is enough), or two columns without a header, the label being the column with fewer distinct values
+    (`text,label` and `label\ttext` both work). A null or empty label is kept as None (out of scope, for queries);
+    an empty text is an error.
+    Raises ValueError naming the file when no text / label column can be found."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    raw: list[tuple[int, Any, Any]] = []
+    errors: list[str] = []
+    unit = _unit(path)
+    if suffix in (".jsonl", ".json"):
+        text = path.read_text(encoding="utf-8-sig")
+        if suffix == ".json":
+            data = json.loads(text)
+            if not isinstance(data, list):
+                raise ValueError(f"{path.name}: expected a JSON list of objects or [text, label] pairs, "
+                                 f"got {type(data).__name__}.")
+            entries = [(i, x) for i, x in enumerate(data, start=1)]
+        else:
+            entries = []
+            for lineno, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    entries.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    errors.append(f"{path.name} line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}).")
+        for n, obj in entries:
+            if isinstance(obj, list) and len(obj) == 2:
+                raw.append((n, obj[0], obj[1]))
+            elif isinstance(obj, dict):
+                tk, lk = _pick(_TEXT_KEYS, list(obj)), _pick(_LABEL_KEYS, list(obj))
+                if tk is None or lk is None:
+                    errors.append(f"{path.name} {unit} {n}: no {'text' if tk is None else 'label'} key among "
+                                  f"{sorted(obj)} (expected one of "
+                                  f"{', '.join(_TEXT_KEYS if tk is None else _LABEL_KEYS)}).")
+                    continue
+                raw.append((n, obj[tk], obj[lk]))
+            else:
+                errors.append(f"{path.name} {unit} {n}: expected an object or a [text, label] pair, got "
+                              f"{type(obj).__name__}.")
+    elif suffix in (".csv", ".tsv", ".txt"):
+        text = path.read_text(encoding="utf-8-sig")
+        if suffix == ".csv":
+            rows = list(csv.reader(io.StringIO(text)))
+        else:  # tab files: quotes are text ('the "best" card'), unless a field is wholly quoted
+            rows = [[_unquote(c) for c in line.split("\t")] for line in text.splitlines()]
+        rows = [(i, r) for i, r in enumerate(rows, start=1) if any(c.strip() for c in r)]
+        if not rows:
+            return [], [f"{path.name}: no rows."]
+        head = rows[0][1]
+        tcol, lcol = _pick(_TEXT_KEYS, head), _pick(_LABEL_KEYS, head)
+        if tcol is not None and lcol is not None:
+            ti, li = head.index(tcol), head.index(lcol)
+            rows = rows[1:]
+        elif (tcol is not None or lcol is not None) and len(head) == 2:  # a header naming one of two columns
+            ti = head.index(tcol) if tcol is not None else 1 - head.index(lcol)
+            li = 1 - ti
+            rows = rows[1:]
+        elif len(head) == 2:
+            distinct = [len({r[j].strip() for _, r in rows if len(r) == 2}) for j in (0, 1)]
+            ti, li = (1, 0) if distinct[0] < distinct[1] else (0, 1)
+        else:
+            raise ValueError(f"{path.name}: no header naming a text column ({', '.join(_TEXT_KEYS)}) and a label "
+                             f"column ({', '.join(_LABEL_KEYS)}), and not two columns: first row {head!r}.")
+        width = max(ti, li) + 1
+        for i, r in rows:
+            if len(r) < width:
+                errors.append(f"{path.name} row {i}: {len(r)} column(s), expected at least {width}.")
+                continue
+            raw.append((i, r[ti], r[li]))
+    else:
+        raise ValueError(f"{path.name}: unsupported file type {suffix or '(none)'}; "
+                         "use .jsonl, .json, .csv, .tsv or .txt (tab-separated).")
+    out: list[tuple[int, str, str | None]] = []
+    for n, t, lab in raw:
+        t = str(t).strip() if t is not None else ""
+        if not t:
+            errors.append(f"{path.name} {unit} {n}: empty text.")
+            continue
+        out.append((n, t, _label(lab)))
+    if errors:
+        logger.warning("%s: %d malformed row(s) skipped", path.name, len(errors))
+    return out, errors
+
+
+def load_intents(train: str | Path, queries: str | Path, *,
+                 oos_labels: Sequence[str] = OOS_LABELS) -> tuple[list[Faq], list[FaqQuery], list[str]]:
+    """A labelled intent set as an FAQ benchmark, as `load_clinc` does for CLINC150: one FAQ per intent of
+    `train` (first-seen order; its utterances as similar questions; the intent name, `_` read as a space, as its
+    question when it has a letter or CJK character, else the first utterance; answer `[intent]`; utterances kept
+    as given, repeats included, so a CLINC150 file gives what `load_clinc` gives) and the
+    labelled utterances of `queries` (`read_labelled` layouts). Labels in `oos_labels` (any case) or empty mark
+    out-of-scope utterances: left out of the FAQs, faq_id None among the queries.
+
+    Returns:
+        (faqs, queries, errors): errors name the file and row of skipped rows, including query labels that have
+        no training utterances.
+    """
+    oos = {x.strip().lower() for x in oos_labels}
+    rows, errors = read_labelled(train)
+    utterances: dict[str, list[str]] = {}
+    for n, text, lab in rows:
+        if lab is None or lab.lower() in oos:
+            continue
+        utterances.setdefault(lab, []).append(text)
+    if not utterances:
+        raise ValueError(f"{Path(train).name}: no labelled utterances outside the out-of-scope labels "
+                         f"({', '.join(sorted(oos))}).")
+    faqs = []
+    for lab, texts in utterances.items():
+        named = bool(_WORDY.search(lab))
+        faqs.append(Faq(id=lab, question=lab.replace("_", " ").strip() if named else texts[0], answer=f"[{lab}]",
+                        similar_questions=texts if named else texts[1:], category=lab, source=Path(train).name))
+    qrows, qerrors = read_labelled(queries)
+    errors += qerrors
+    out: list[FaqQuery] = []
+    unknown: dict[str, int] = {}
+    for n, text, lab in qrows:
+        if lab is None or lab.lower() in oos:
+            out.append(FaqQuery(question=text, faq_id=None))
+        elif lab in utterances:
+            out.append(FaqQuery(question=text, faq_id=lab))
+        else:
+            unknown[lab] = unknown.get(lab, 0) + 1
+            if unknown[lab] == 1:
+                errors.append(f"{Path(queries).name} {_unit(Path(queries))} {n}: label {lab!r} has no training "
+                              f"utterances in {Path(train).name} (out-of-scope labels: {', '.join(sorted(oos))}); its "
+                              "utterances are skipped.")
+    return faqs, out, errors

@@ -1,4 +1,4 @@
-"""Tests for faq_bot.eval.datasets: eval JSONL, RGB passage selection, CLINC150, FAQ queries."""
+"""Tests for faq_bot.eval.datasets: eval JSONL, RGB passage selection, CLINC150, labelled intent sets, FAQ queries."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from faq_bot.eval.datasets import (
     load_clinc,
     load_eval_jsonl,
     load_faq_queries,
+    load_intents,
     load_rgb,
+    read_labelled,
     rgb_kind,
     rgb_lang,
     select_rgb_passages,
@@ -342,3 +344,80 @@ def test_load_clinc_counts():
     assert len(calib) == 3000 + 200 and sum(q.faq_id is None for q in calib) == 200
     assert [q.question for q in calib[:3100]] == [q.question for q in val]
     assert not {q.question for q in calib} & {q.question for q in queries}
+
+
+# ---------------------------------------------------------------------------- any labelled intent set
+
+
+def test_read_labelled_layouts_agree(tmp_path):
+    pairs = [("how do I check my balance", "balance"), ("余额怎么查", "balance"), ("freeze my card", "freeze_card"),
+             ("卡丢了，帮我冻结", "freeze_card"), ("tell me a joke", "oos")]
+    (tmp_path / "a.csv").write_text("utterance,intent\n" + "".join(f'"{t}",{lab}\n' for t, lab in pairs),
+                                    encoding="utf-8")
+    (tmp_path / "b.tsv").write_text("".join(f"{lab}\t{t}\n" for t, lab in pairs), encoding="utf-8")  # no header
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t, "label": i, "label_text": lab},
+                                                         ensure_ascii=False) + "\n"
+                                              for i, (t, lab) in enumerate(pairs)), encoding="utf-8")
+    (tmp_path / "e.csv").write_text("sentence,intent_name\n" + "".join(f'"{t}",{lab}\n' for t, lab in pairs),
+                                    encoding="utf-8")  # a header naming only the text column
+    (tmp_path / "d.json").write_text(json.dumps([[t, lab] for t, lab in pairs], ensure_ascii=False),
+                                     encoding="utf-8")
+    for name in ("a.csv", "b.tsv", "c.jsonl", "d.json", "e.csv"):
+        rows, errors = read_labelled(tmp_path / name)
+        assert errors == [] and [(t, lab) for _, t, lab in rows] == pairs, name
+
+
+def test_read_labelled_names_file_and_row_of_bad_rows(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "hi", "intent": "greet"}\n{"text": "", "intent": "greet"}\n{"words": "x"}\n'
+                    '{"text": "bye", "intent": "bye"\n["yo", "greet"]\n', encoding="utf-8")
+    rows, errors = read_labelled(path)
+    assert [(n, t, lab) for n, t, lab in rows] == [(1, "hi", "greet"), (5, "yo", "greet")]
+    assert len(errors) == 3
+    assert any(e.startswith("train.jsonl line 2: empty text") for e in errors)
+    assert any(e.startswith("train.jsonl line 3: no text key among ['words']") for e in errors)
+    assert any(e.startswith("train.jsonl line 4: invalid JSON") for e in errors)
+    (tmp_path / "three.csv").write_text("a,b,c\n1,2,3\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="three.csv: no header naming a text column"):
+        read_labelled(tmp_path / "three.csv")
+    (tmp_path / "x.xml").write_text("<a/>", encoding="utf-8")
+    with pytest.raises(ValueError, match="x.xml: unsupported file type .xml"):
+        read_labelled(tmp_path / "x.xml")
+
+
+def test_load_intents_builds_faqs_and_queries(tmp_path):
+    (tmp_path / "train.csv").write_text(
+        "text,label\n怎么查余额,查询余额\n余额在哪看,查询余额\nfreeze my card,3\nlock the card,3\n"
+        "freeze my card,3\ntell me a joke,OOS\n", encoding="utf-8")
+    (tmp_path / "test.jsonl").write_text(
+        '{"question": "看一下余额", "faq_id": "查询余额"}\n{"question": "card stolen, lock it", "faq_id": "3"}\n'
+        '{"question": "weather?", "faq_id": null}\n{"question": "sing", "faq_id": "out_of_scope"}\n'
+        '{"question": "transfer money", "faq_id": "transfer"}\n{"question": "send cash", "faq_id": "transfer"}\n',
+        encoding="utf-8")
+    faqs, queries, errors = load_intents(tmp_path / "train.csv", tmp_path / "test.jsonl")
+    assert [f.id for f in faqs] == ["查询余额", "3"]  # first-seen order; the OOS label (any case) is no FAQ
+    named, numbered = faqs
+    assert named.question == "查询余额" and named.similar_questions == ["怎么查余额", "余额在哪看"]
+    # a label with no letter or CJK character is no question: the first utterance stands for it
+    assert numbered.question == "freeze my card" and numbered.similar_questions == ["lock the card", "freeze my card"]
+    assert numbered.answer == "[3]"
+    assert [(q.question, q.faq_id) for q in queries] == [
+        ("看一下余额", "查询余额"), ("card stolen, lock it", "3"), ("weather?", None), ("sing", None)]
+    assert errors == ["test.jsonl line 5: label 'transfer' has no training utterances in train.csv "
+                      "(out-of-scope labels: oos, out_of_scope); its utterances are skipped."]
+    faqs, _, _ = load_intents(tmp_path / "train.csv", tmp_path / "test.jsonl", oos_labels=["3", "oos"])
+    assert [f.id for f in faqs] == ["查询余额"]
+
+
+def test_load_intents_equals_load_clinc_on_clinc_as_tsv(tmp_path):
+    data = json.loads(_data(CLINC).read_text(encoding="utf-8"))
+    (tmp_path / "train.tsv").write_text("".join(f"{t}\t{lab}\n" for t, lab in data["train"] + data["oos_train"]),
+                                        encoding="utf-8")
+    (tmp_path / "test.tsv").write_text("".join(f"{t}\t{lab}\n" for t, lab in data["test"] + data["oos_test"]),
+                                       encoding="utf-8")
+    faqs, queries, errors = load_intents(tmp_path / "train.tsv", tmp_path / "test.tsv")
+    ref_faqs, ref_queries = load_clinc(CLINC)
+    assert errors == []
+    key = lambda f: (f.id, f.question, f.answer, f.similar_questions)  # noqa: E731
+    assert [key(f) for f in faqs] == [key(f) for f in ref_faqs]
+    assert queries == ref_queries

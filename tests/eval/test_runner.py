@@ -149,6 +149,30 @@ def test_eval_faq_cli_kb_queries_reports_malformed_line_and_calibrates(tmp_path,
 
 
 @pytest.mark.slow
+def test_eval_faq_cli_on_a_labelled_intent_set(tmp_path, capsys, faq_encoder):
+    train = {"check_balance": ["how much money is in my account", "what's my balance", "账户余额怎么查", "余额还有多少"],
+             "freeze_card": ["freeze my card", "lock my debit card", "卡丢了帮我冻结", "冻结银行卡"],
+             "opening_hours": ["when do branches open", "what time do you close", "营业时间是几点", "几点开门"]}
+    rows = [(t, lab) for lab, ts in train.items() for t in ts] + [("sing me a song", "oos")]
+    (tmp_path / "train.tsv").write_text("".join(f"{t}\t{lab}\n" for t, lab in rows), encoding="utf-8")
+    (tmp_path / "test.csv").write_text(
+        "text,intent\nhow much do I have left in my account,check_balance\n我的卡被偷了快冻结,freeze_card\n"
+        "are you open on sunday,opening_hours\nwho won the football match,oos\n明天天气怎么样,oos\n"
+        "send money to mum,transfer\n", encoding="utf-8")
+    cfg = make_config(tmp_path)
+    rc, _ = _eval(["faq", "--intents", str(tmp_path / "train.tsv"), "--queries", str(tmp_path / "test.csv")], cfg)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    summary = _last_json(out)
+    assert summary["n"] == 5 and summary["errors"] == 1  # the `transfer` row has no training utterances
+    assert "test.csv row 7: label 'transfer'" in err
+    report = json.loads((Path(summary["run_dir"]) / "report.json").read_text(encoding="utf-8"))
+    assert report["data"]["oos_labels"] == ["oos", "out_of_scope"] and report["data"]["n_faqs"] == 3
+    rc, _ = _eval(["faq", "--kb", str(tmp_path / "train.tsv"), "--oos-label", "none"], cfg)
+    assert rc == 2 and "`--oos-label` applies to `--intents` only." in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_eval_retrieval_on_constructed_rgb_set(tmp_path, capsys, doc_encoder):
     keys = list(PASSAGES)
     items = [
