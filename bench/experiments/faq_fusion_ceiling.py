@@ -21,21 +21,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from _sample import sample_set
 
-from faq_bot import faq_head as fh  # noqa: E402
-from faq_bot.config import load_config  # noqa: E402
-from faq_bot.faq import FaqMatcher, _joint  # noqa: E402
-from faq_bot.knowledge import KnowledgeBase  # noqa: E402
-from faq_bot.schema import Query  # noqa: E402
+from faq_bot import faq_head as fh
+from faq_bot.schema import Query
 
 
 def _answer_sims(bank: fh.Bank, q: np.ndarray) -> np.ndarray:
@@ -88,18 +82,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llm", action="store_true", help="also re-rank the top 3 with the bundled generator")
     a = ap.parse_args()
-    if not (ROOT / "data" / "faq_bot.db").exists():
-        sys.exit("data/faq_bot.db: build the sample knowledge base first (make kb).")
-    cfg = load_config(ROOT / "configs" / "default.yaml")
-    matcher = FaqMatcher(cfg.faq, KnowledgeBase(cfg))
-    bank = matcher._with_answer_examples(matcher._refresh().scorer.bank)
-    items = [json.loads(x) for x in (ROOT / "knowledge/eval/sample_eval.jsonl").read_text(encoding="utf-8").splitlines()
-             if x.strip()]
-    items = [d for d in items if d.get("faq_id") and not d.get("history") and d["faq_id"] in bank.faq_ids]
-    texts = [d["question"] for d in items]
-    gold = np.array([bank.faq_ids.index(d["faq_id"]) for d in items])
-    q = _joint([e.encode_queries(texts, 64) for e in matcher.encoders]).astype(np.float32)
-
+    ss = sample_set()
+    cfg, matcher, bank, texts, gold, q = ss.cfg, ss.matcher, ss.bank, ss.texts, ss.gold, ss.q
+    items = [{"question": t, "faq_id": bank.faq_ids[g]} for t, g in zip(texts, gold)]
     # the eval set's signals under heads trained on everything (the lexical head forced on, whatever its weight)
     head, w, rec = fh.fit_matcher("logreg", bank, fh.bank_bm25_fn, aggregate=cfg.faq.aggregate, use_bm25=True,
                                   lexical=True)

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _sample import sample_queries
+
 ROOT = Path(__file__).resolve().parents[2]
 KNOWLEDGE = ROOT / "knowledge"
 
@@ -31,22 +33,12 @@ def _faqs() -> list[dict]:
     return rows
 
 
-def _queries() -> list[dict]:
-    out = []
-    for line in (KNOWLEDGE / "eval" / "sample_eval.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            d = json.loads(line)
-            if not d.get("history"):
-                out.append({"question": d["question"], "faq_id": d.get("faq_id")})
-    return out
-
-
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="faq-plain-") as tmp:
         kb, queries = Path(tmp) / "plain_faq.jsonl", Path(tmp) / "queries.jsonl"
         kb.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in _faqs()), encoding="utf-8")
-        queries.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in _queries()), encoding="utf-8")
+        queries.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in sample_queries()), encoding="utf-8")
         for on in (False, True):
             cmd = [sys.executable, "-m", "faq_bot", "eval", "faq", "--no-progress", "--kb", str(kb), "--queries",
                    str(queries), "--set", f"faq.answer_examples={str(on).lower()}"]
