@@ -103,8 +103,10 @@ def answer_sentences(answer: str, limit: int = MAX_ANSWER_SENTENCES, clauses: bo
 
 
 def _clause_ok(piece: str) -> bool:
-    """Long enough to stand for a fact: `MIN_CLAUSE` characters, and 3 words where it has no CJK character."""
-    return len(piece) >= MIN_CLAUSE and (len(piece.split()) >= 3 or bool(_CJK.search(piece)))
+    """Long enough to stand for a fact: `MIN_CLAUSE` characters, a letter or CJK character ("400 820 8821" of a
+    list of hotlines is no clause), and 3 words where it has no CJK character."""
+    return (len(piece) >= MIN_CLAUSE and bool(_WORDY.search(piece))
+            and (len(piece.split()) >= 3 or bool(_CJK.search(piece))))
 
 
 # ---------------------------------------------------------------------------- the FAQ as matrices
@@ -369,7 +371,7 @@ def fit_adapter(bank: Bank, *, init: HeadModel | None = None, steps: int = 300, 
                 weight_decay: float = 1e-3, seed: int = 0) -> HeadModel:
     """Linear adapter x -> x A (A starts at the identity, or `init`'s A) trained with InfoNCE on pairs of
     questions of the same FAQ, in-batch negatives (other FAQs only)."""
-    X, y = bank.vectors.astype(np.float32), bank.labels
+    X = bank.vectors.astype(np.float32)
     d = X.shape[1]
     eye = np.eye(d, dtype=np.float32)
     A = init.A.copy() if init is not None and init.kind == "adapter" and init.A is not None and init.A.shape == (d, d) \

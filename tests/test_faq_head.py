@@ -126,6 +126,10 @@ def test_answer_sentences_split_dedupe_and_bound():
     assert answer_sentences(pay)[1:] == ["We accept Visa", "PayPal and Alipay at checkout"]  # 3+ words in English
     assert answer_sentences("Yes, you can.") == ["Yes, you can"]
     assert answer_sentences("[book_flight]") == ["[book_flight]"] and answer_sentences("") == []
+    # no letter or CJK character: an intent id as answer, a number of a list, is no sentence and no clause
+    assert answer_sentences("[17]") == [] and answer_sentences("营业时间 9:00-18:00") == ["营业时间 9:00-18:00"]
+    hotline = "Call our hotline: 400 820 8820, 400 820 8821, 400 820 8822"
+    assert answer_sentences(hotline) == [hotline, "Call our hotline: 400 820 8820"]
     assert answer_sentences("。".join(f"第{i}句话很长" for i in range(40)), limit=5) == [f"第{i}句话很长" for i in range(5)]
 
 

@@ -34,6 +34,8 @@ from faq_bot.schema import Query
 
 def _answer_sims(bank: fh.Bank, q: np.ndarray) -> np.ndarray:
     """(m, C): per FAQ, the best cosine of each query to the FAQ's answer sentences and clauses (0 without any)."""
+    if bank.example_vectors is None:  # faq.answer_examples off
+        return np.zeros((len(q), bank.n_classes), np.float32)
     order = np.argsort(bank.example_labels, kind="stable")
     vecs, labels = bank.example_vectors[order], bank.example_labels[order]
     counts = np.bincount(labels, minlength=bank.n_classes)

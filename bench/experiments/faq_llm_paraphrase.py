@@ -39,7 +39,7 @@ from faq_bot.cli import main as cli_main
 from faq_bot.faq import normalize_question
 
 KNOWLEDGE = ROOT / "knowledge"
-_NUMBERING = re.compile(r"^\s*(?:\(?\d{1,2}\s*[.、)）:：]|[-*•·])\s*")
+_NUMBERING = re.compile(r"^\s*(?:\(?\d{1,2}\s*(?:\.(?!\d)|[、)）:：])|[-*•·])\s*")  # "1." / "2、", not "1.5 kg"
 _QMARK = re.compile(r"[？?]")
 _PROMPTS = {
     "zh": ("你是电商客服知识库编辑。",

@@ -11,7 +11,7 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Collection, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -457,6 +457,7 @@ OOS_LABELS = ("oos", "out_of_scope")
 _TEXT_KEYS = ("text", "utterance", "sentence", "query", "question", "文本", "句子", "问题")
 _LABEL_KEYS = ("intent", "label_text", "label", "category", "faq_id", "意图", "标签", "类别")
 _WORDY = re.compile(r"[^\W\d_]")  # a letter or CJK character: an intent name that can stand as a question
+_WHOLE = re.compile(r"^(-?\d+)\.0+$")
 
 
 def _pick(keys: Sequence[str], names: Sequence[str]) -> str | None:
@@ -469,7 +470,7 @@ def _label(value: Any) -> str | None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    text = str(value).strip()
+    text = _WHOLE.sub(r"\1", str(value).strip())  # "17.0" (pandas' float labels) is 17, as JSON 17.0 is
     return text or None
 
 
@@ -483,15 +484,18 @@ def _unit(path: Path) -> str:
     return "line" if suffix == ".jsonl" else "item" if suffix == ".json" else "row"
 
 
-def read_labelled(path: str | Path) -> tuple[list[tuple[int, str, str | None]], list[str]]:
+def read_labelled(path: str | Path, known_labels: Collection[str] | None = None
+                  ) -> tuple[list[tuple[int, str, str | None]], list[str]]:
     """(row, text, label) of a labelled-utterance file, in file order, and row-numbered errors for bad rows.
 
     Layouts: JSONL of objects or `[text, label]` pairs; JSON of a list of either; CSV / TSV (`.tsv`, `.txt`: tab)
     with a header naming a text column (text, utterance, sentence, query, question, 文本, 句子, 问题) and a label
     column (intent, label_text, label, category, faq_id, 意图, 标签, 类别: the first present wins; with two columns,
     naming one is enough), or two columns without a header, the label being the column with fewer distinct values
-    (`text,label` and `label\ttext` both work). A null or empty label is kept as None (out of scope, for queries);
-    an empty text is an error.
+    (`text,label` and `label\ttext` both work; with `known_labels`, e.g. a test file read against its training
+    labels, the column holding more of them). Every row has the first row's number of columns (empty trailing
+    fields aside): a text with an unquoted comma is an error, not a cut text. A null or empty label is kept as None
+    (out of scope, for queries); an empty text is an error.
     Raises ValueError naming the file when no text / label column can be found."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -548,15 +552,23 @@ def read_labelled(path: str | Path) -> tuple[list[tuple[int, str, str | None]], 
             li = 1 - ti
             rows = rows[1:]
         elif len(head) == 2:
-            distinct = [len({r[j].strip() for _, r in rows if len(r) == 2}) for j in (0, 1)]
-            ti, li = (1, 0) if distinct[0] < distinct[1] else (0, 1)
+            cols = [[r[j].strip() for _, r in rows if len(r) == 2] for j in (0, 1)]
+            known = [sum(_label(v) in known_labels for v in c) for c in cols] if known_labels else [0, 0]
+            if known[0] != known[1]:
+                ti, li = (1, 0) if known[0] > known[1] else (0, 1)
+            else:
+                ti, li = (1, 0) if len(set(cols[0])) < len(set(cols[1])) else (0, 1)
         else:
             raise ValueError(f"{path.name}: no header naming a text column ({', '.join(_TEXT_KEYS)}) and a label "
                              f"column ({', '.join(_LABEL_KEYS)}), and not two columns: first row {head!r}.")
-        width = max(ti, li) + 1
+        width = len(head)
         for i, r in rows:
-            if len(r) < width:
-                errors.append(f"{path.name} row {i}: {len(r)} column(s), expected at least {width}.")
+            if len(r) > width and not any(c.strip() for c in r[width:]):
+                r = r[:width]
+            if len(r) != width:
+                errors.append(f"{path.name} row {i}: {len(r)} column(s), expected {width}"
+                              + (" (quote a text that holds a comma)." if len(r) > width and suffix == ".csv"
+                                 else "."))
                 continue
             raw.append((i, r[ti], r[li]))
     else:
@@ -602,19 +614,19 @@ def load_intents(train: str | Path, queries: str | Path, *,
         named = bool(_WORDY.search(lab))
         faqs.append(Faq(id=lab, question=lab.replace("_", " ").strip() if named else texts[0], answer=f"[{lab}]",
                         similar_questions=texts if named else texts[1:], category=lab, source=Path(train).name))
-    qrows, qerrors = read_labelled(queries)
+    qrows, qerrors = read_labelled(queries, known_labels={*utterances, *oos_labels})
     errors += qerrors
     out: list[FaqQuery] = []
-    unknown: dict[str, int] = {}
+    unknown: dict[str, list[int]] = {}
     for n, text, lab in qrows:
         if lab is None or lab.lower() in oos:
             out.append(FaqQuery(question=text, faq_id=None))
         elif lab in utterances:
             out.append(FaqQuery(question=text, faq_id=lab))
         else:
-            unknown[lab] = unknown.get(lab, 0) + 1
-            if unknown[lab] == 1:
-                errors.append(f"{Path(queries).name} {_unit(Path(queries))} {n}: label {lab!r} has no training "
-                              f"utterances in {Path(train).name} (out-of-scope labels: {', '.join(sorted(oos))}); its "
-                              "utterances are skipped.")
+            unknown.setdefault(lab, []).append(n)
+    for lab, at in unknown.items():
+        errors.append(f"{Path(queries).name} {_unit(Path(queries))} {at[0]}: label {lab!r} has no training "
+                      f"utterances in {Path(train).name} (out-of-scope labels: {', '.join(sorted(oos))}); its "
+                      f"{len(at)} utterance(s) are skipped.")
     return faqs, out, errors

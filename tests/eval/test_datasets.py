@@ -404,9 +404,39 @@ def test_load_intents_builds_faqs_and_queries(tmp_path):
     assert [(q.question, q.faq_id) for q in queries] == [
         ("看一下余额", "查询余额"), ("card stolen, lock it", "3"), ("weather?", None), ("sing", None)]
     assert errors == ["test.jsonl line 5: label 'transfer' has no training utterances in train.csv "
-                      "(out-of-scope labels: oos, out_of_scope); its utterances are skipped."]
+                      "(out-of-scope labels: oos, out_of_scope); its 2 utterance(s) are skipped."]
     faqs, _, _ = load_intents(tmp_path / "train.csv", tmp_path / "test.jsonl", oos_labels=["3", "oos"])
     assert [f.id for f in faqs] == ["查询余额"]
+
+
+def test_read_labelled_rejects_rows_of_the_wrong_width(tmp_path):
+    """An unquoted comma in a text is a row error, not a cut text or a made-up label; empty trailing fields pass."""
+    (tmp_path / "t.csv").write_text("text,intent\nhello, how are you,greet\nhi,greet\nhey,greet,\nyo\n",
+                                    encoding="utf-8")
+    rows, errors = read_labelled(tmp_path / "t.csv")
+    assert [(n, t, lab) for n, t, lab in rows] == [(3, "hi", "greet"), (4, "hey", "greet")]
+    assert errors == ["t.csv row 2: 3 column(s), expected 2 (quote a text that holds a comma).",
+                      "t.csv row 5: 1 column(s), expected 2."]
+    (tmp_path / "n.csv").write_text("hi,greet\nhello, how are you,greet\nbye,bye\n", encoding="utf-8")  # no header
+    rows, errors = read_labelled(tmp_path / "n.csv")
+    assert [(t, lab) for _, t, lab in rows] == [("hi", "greet"), ("bye", "bye")]  # no made-up intent "how are you"
+    assert errors == ["n.csv row 2: 3 column(s), expected 2 (quote a text that holds a comma)."]
+
+
+def test_load_intents_reads_a_headerless_test_file_against_the_training_labels(tmp_path):
+    """One utterance per label in a headerless test file ties the distinct counts: the column holding training
+    labels is the label column. Whole-number labels match however they are written (17, 17.0, "17.0")."""
+    (tmp_path / "train.tsv").write_text("balance\twhat's my balance\nbalance\tshow my balance\n"
+                                        "freeze_card\tfreeze my card\n", encoding="utf-8")
+    (tmp_path / "test.tsv").write_text("balance\thow much money do I have\nfreeze_card\tlock it\n", encoding="utf-8")
+    _, queries, errors = load_intents(tmp_path / "train.tsv", tmp_path / "test.tsv")
+    assert errors == [] and [(q.question, q.faq_id) for q in queries] == [
+        ("how much money do I have", "balance"), ("lock it", "freeze_card")]
+    (tmp_path / "train.csv").write_text("text,label\nhi,17.0\nhello,17.0\nbye,4\n", encoding="utf-8")
+    (tmp_path / "test.json").write_text('[["yo", 17], ["ciao", 4.0]]', encoding="utf-8")
+    faqs, queries, errors = load_intents(tmp_path / "train.csv", tmp_path / "test.json")
+    assert [f.id for f in faqs] == ["17", "4"] and errors == []
+    assert [(q.question, q.faq_id) for q in queries] == [("yo", "17"), ("ciao", "4")]
 
 
 def test_load_intents_equals_load_clinc_on_clinc_as_tsv(tmp_path):
