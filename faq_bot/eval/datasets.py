@@ -496,14 +496,20 @@ def read_labelled(path: str | Path, known_labels: Collection[str] | None = None
     labels, the column holding more of them). Every row has the first row's number of columns (empty trailing
     fields aside): a text with an unquoted comma is an error, not a cut text. A null or empty label is kept as None
     (out of scope, for queries); an empty text is an error.
-    Raises ValueError naming the file when no text / label column can be found."""
+    Text is decoded as ingest decodes uploads (`decode_text`: UTF-8, UTF-16 with BOM, GBK/GB18030).
+    Raises ValueError naming the file when it cannot be decoded or no text / label column can be found."""
+    from faq_bot.ingest import decode_text
+
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv", ".txt"):
+        raise ValueError(f"{path.name}: unsupported file type {suffix or '(none)'}; "
+                         "use .jsonl, .json, .csv, .tsv or .txt (tab-separated).")
+    text = decode_text(path.read_bytes(), path.name)  # UTF-8 (BOM or not), UTF-16 with BOM, GBK/GB18030
     raw: list[tuple[int, Any, Any]] = []
     errors: list[str] = []
     unit = _unit(path)
     if suffix in (".jsonl", ".json"):
-        text = path.read_text(encoding="utf-8-sig")
         if suffix == ".json":
             data = json.loads(text)
             if not isinstance(data, list):
@@ -533,8 +539,7 @@ def read_labelled(path: str | Path, known_labels: Collection[str] | None = None
             else:
                 errors.append(f"{path.name} {unit} {n}: expected an object or a [text, label] pair, got "
                               f"{type(obj).__name__}.")
-    elif suffix in (".csv", ".tsv", ".txt"):
-        text = path.read_text(encoding="utf-8-sig")
+    else:
         if suffix == ".csv":
             rows = list(csv.reader(io.StringIO(text)))
         else:  # tab files: quotes are text ('the "best" card'), unless a field is wholly quoted
@@ -571,9 +576,6 @@ def read_labelled(path: str | Path, known_labels: Collection[str] | None = None
                                  else "."))
                 continue
             raw.append((i, r[ti], r[li]))
-    else:
-        raise ValueError(f"{path.name}: unsupported file type {suffix or '(none)'}; "
-                         "use .jsonl, .json, .csv, .tsv or .txt (tab-separated).")
     out: list[tuple[int, str, str | None]] = []
     for n, t, lab in raw:
         t = str(t).strip() if t is not None else ""

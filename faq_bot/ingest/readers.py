@@ -192,7 +192,7 @@ def _check_zip(data: bytes, source: str, cfg: IngestConfig) -> None:
                                   "remove large embedded media or split the file.")
 
 
-def _decode(data: bytes, source: str) -> str:
+def decode_text(data: bytes, source: str) -> str:
     """Text from UTF-8 (with or without BOM), UTF-16 with BOM, or GB18030 (a superset of GBK); newlines -> \\n."""
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encodings = ("utf-16",)
@@ -266,7 +266,7 @@ def read_faqs(data: bytes, name: str, cfg: IngestConfig | None = None) -> list[F
     if kind == "xlsx":
         records = _guarded(source, "an Excel workbook", lambda: _xlsx_records(data, source, cfg))
     else:
-        text = _decode(data, source)
+        text = decode_text(data, source)
         if kind == "csv":
             records = _table_records(_csv_rows(text, source, cfg), source, cfg)
         elif kind == "json":
@@ -553,13 +553,13 @@ def read_document(data: bytes, name: str, cfg: IngestConfig | None = None) -> li
 
 
 def _read_txt(data: bytes, source: str, cfg: IngestConfig) -> list[Block | _Para]:
-    return [_Para(p.split("\n")) for p in re.split(r"\n\s*\n", _decode(data, source)) if p.strip()]
+    return [_Para(p.split("\n")) for p in re.split(r"\n\s*\n", decode_text(data, source)) if p.strip()]
 
 
 def _read_md(data: bytes, source: str, cfg: IngestConfig) -> list[Block | _Para]:
     from markdown_it import MarkdownIt
 
-    tokens = MarkdownIt("commonmark").enable("table").parse(_decode(data, source))
+    tokens = MarkdownIt("commonmark").enable("table").parse(decode_text(data, source))
     items: list[Block | _Para] = []
     markers: list[str] = []  # one per open list item; "" once its first paragraph has used it
     row: list[str] | None = None
@@ -619,7 +619,7 @@ _HTML_INLINE = frozenset(
 
 
 def _read_html(data: bytes, source: str, cfg: IngestConfig) -> list[Block | _Para]:
-    soup = BeautifulSoup(_decode(data, source), "lxml")
+    soup = BeautifulSoup(decode_text(data, source), "lxml")
     for tag in soup.find_all(list(_HTML_DROP)):
         tag.decompose()
     walker = _HtmlWalker()

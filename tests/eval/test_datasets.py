@@ -367,6 +367,16 @@ def test_read_labelled_layouts_agree(tmp_path):
         assert errors == [] and [(t, lab) for _, t, lab in rows] == pairs, name
 
 
+def test_read_labelled_decodes_as_ingest_does(tmp_path):
+    """Chinese intent sets often come as GBK: decoded like uploads are, and an undecodable file is named."""
+    (tmp_path / "gbk.csv").write_bytes("text,intent\n账户余额怎么查,查询余额\n".encode("gbk"))
+    rows, errors = read_labelled(tmp_path / "gbk.csv")
+    assert errors == [] and rows == [(2, "账户余额怎么查", "查询余额")]
+    (tmp_path / "bad.tsv").write_bytes(b"hi\tgreet\n\x81\n")  # a lone GBK lead byte
+    with pytest.raises(ValueError, match="bad.tsv: is neither UTF-8 nor GBK/GB18030"):
+        read_labelled(tmp_path / "bad.tsv")
+
+
 def test_read_labelled_names_file_and_row_of_bad_rows(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"text": "hi", "intent": "greet"}\n{"text": "", "intent": "greet"}\n{"words": "x"}\n'
