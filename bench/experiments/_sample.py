@@ -16,6 +16,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SAMPLE_EVAL = ROOT / "knowledge" / "eval" / "sample_eval.jsonl"
+SAMPLE_FAQ = (ROOT / "knowledge" / "faq" / "faq_zh.csv", ROOT / "knowledge" / "faq" / "faq_en.jsonl")
+
+
+def sample_faqs() -> list[dict]:
+    """The sample FAQ as ingest reads it (`read_faqs`), one dict per FAQ (id, question, answer, similar_questions,
+    category): what `eval faq --kb FILE.jsonl` reads back."""
+    from faq_bot.ingest import read_faqs
+
+    keys = {"id", "question", "answer", "similar_questions", "category"}
+    return [f.model_dump(include=keys) for p in SAMPLE_FAQ for f in read_faqs(p.read_bytes(), p.name)]
 
 
 def sample_queries() -> list[dict]:

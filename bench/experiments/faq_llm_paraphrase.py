@@ -32,13 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _sample import ROOT, sample_queries
+from _sample import ROOT, sample_faqs, sample_queries
 
 from faq_bot import faq as faq_mod
 from faq_bot.cli import main as cli_main
 from faq_bot.faq import normalize_question
 
-KNOWLEDGE = ROOT / "knowledge"
 _NUMBERING = re.compile(r"^\s*(?:\(?\d{1,2}\s*(?:\.(?!\d)|[、)）:：])|[-*•·])\s*")  # "1." / "2、", not "1.5 kg"
 _QMARK = re.compile(r"[？?]")
 _PROMPTS = {
@@ -50,19 +49,6 @@ _PROMPTS = {
            "possibly using the answer's wording. One question per line, no numbering, no answers.\n"
            "Question: {q}\nAnswer: {a}"),
 }
-
-
-def _faqs() -> list[dict]:
-    rows = []
-    for r in csv.DictReader((KNOWLEDGE / "faq" / "faq_zh.csv").open(encoding="utf-8")):
-        rows.append({"id": r["id"], "question": r["question"], "answer": r["answer"], "category": r["category"],
-                     "similar_questions": [q for q in r["similar_questions"].split("||") if q.strip()]})
-    for line in (KNOWLEDGE / "faq" / "faq_en.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            d = json.loads(line)
-            rows.append({k: d.get(k, [] if k == "similar_questions" else "")
-                         for k in ("id", "question", "answer", "category", "similar_questions")})
-    return rows
 
 
 def parse_questions(raw: str, existing: list[str], n: int) -> list[str]:
@@ -178,7 +164,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="questions asked for per FAQ")
     ap.add_argument("--cache", default=None, help="generation cache (JSON; default runs/faq_paraphrases-MODEL.json)")
     a = ap.parse_args()
-    faqs = _faqs()
+    faqs = sample_faqs()
     cache = Path(a.cache) if a.cache else ROOT / "runs" / f"faq_paraphrases-{Path(a.model).name}.json"
     raw = _generate(faqs, a.model, a.n, cache)
     generated = {f["id"]: parse_questions(raw.get(f["id"], ""), [f["question"], *f["similar_questions"]], a.n)

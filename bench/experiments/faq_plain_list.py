@@ -10,35 +10,23 @@ Writes the stripped FAQ and the queries to a temporary folder, runs `python -m f
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _sample import sample_queries
-
-ROOT = Path(__file__).resolve().parents[2]
-KNOWLEDGE = ROOT / "knowledge"
-
-
-def _faqs() -> list[dict]:
-    rows = [{k: r[k] for k in ("id", "question", "answer", "category")}
-            for r in csv.DictReader((KNOWLEDGE / "faq" / "faq_zh.csv").open(encoding="utf-8"))]
-    for line in (KNOWLEDGE / "faq" / "faq_en.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            d = json.loads(line)
-            rows.append({k: d[k] for k in ("id", "question", "answer", "category")})
-    return rows
+from _sample import ROOT, sample_faqs, sample_queries
 
 
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="faq-plain-") as tmp:
         kb, queries = Path(tmp) / "plain_faq.jsonl", Path(tmp) / "queries.jsonl"
-        kb.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in _faqs()), encoding="utf-8")
-        queries.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in sample_queries()), encoding="utf-8")
+        plain = [{k: v for k, v in f.items() if k != "similar_questions"} for f in sample_faqs()]
+        kb.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in plain), encoding="utf-8")
+        queries.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in sample_queries()),
+                           encoding="utf-8")
         for on in (False, True):
             cmd = [sys.executable, "-m", "faq_bot", "eval", "faq", "--no-progress", "--kb", str(kb), "--queries",
                    str(queries), "--set", f"faq.answer_examples={str(on).lower()}"]
