@@ -119,11 +119,11 @@ def _round_trip(faqs: list[dict], generated: dict[str, list[str]], tmp: Path) ->
     return out
 
 
-def _score(faqs: list[dict], examples: dict[str, list[str]] | None, tmp: Path, name: str) -> tuple[dict, dict]:
+def _score(faqs: list[dict], examples: dict[str, list[str]] | None, queries: Path, tmp: Path,
+           name: str) -> tuple[dict, dict]:
     """eval faq --kb on `faqs`; `examples`: extra head-only training examples per FAQ id."""
-    kb, queries = tmp / f"{name}.jsonl", tmp / "queries.jsonl"
+    kb = tmp / f"{name}.jsonl"
     kb.write_text("".join(json.dumps(f, ensure_ascii=False) + "\n" for f in faqs), encoding="utf-8")
-    queries.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in sample_queries()), encoding="utf-8")
     original = faq_mod.FaqMatcher._with_answer_examples
 
     def with_examples(self, bank):
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="questions asked for per FAQ")
     ap.add_argument("--cache", default=None, help="generation cache (JSON; default runs/faq_paraphrases-MODEL.json)")
     a = ap.parse_args()
-    faqs = sample_faqs()
+    faqs, sample = sample_faqs(), sample_queries()
     cache = Path(a.cache) if a.cache else ROOT / "runs" / f"faq_paraphrases-{Path(a.model).name}.json"
     raw = _generate(faqs, a.model, a.n, cache)
     generated = {f["id"]: parse_questions(raw.get(f["id"], ""), [f["question"], *f["similar_questions"]], a.n)
@@ -173,14 +173,16 @@ def main() -> None:
         tmp = Path(t)
         kept = _round_trip(faqs, generated, tmp)
         sets = {"all": generated, "round-trip": kept}
-        rows = [("none (the sample FAQ)", *_score(faqs, None, tmp, "base"))]
+        queries = tmp / "queries.jsonl"
+        queries.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in sample), encoding="utf-8")
+        rows = [("none (the sample FAQ)", *_score(faqs, None, queries, tmp, "base"))]
         for label, qs in sets.items():
             rows_faqs = [{**f, "similar_questions": [*f["similar_questions"], *qs[f["id"]]]} for f in faqs]
             rows.append((f"{label} ({sum(map(len, qs.values()))}) as similar questions",
-                         *_score(rows_faqs, None, tmp, f"rows-{label}")))
+                         *_score(rows_faqs, None, queries, tmp, f"rows-{label}")))
             rows.append((f"{label} ({sum(map(len, qs.values()))}) as head examples only",
-                         *_score(faqs, qs, tmp, f"examples-{label}")))
-    n_in = sum(q["faq_id"] is not None for q in sample_queries())
+                         *_score(faqs, qs, queries, tmp, f"examples-{label}")))
+    n_in = sum(q["faq_id"] is not None for q in sample)
     print(f"\n{a.model}: {sum(map(len, generated.values()))} questions parsed from {len(faqs)} FAQs, "
           f"{sum(map(len, kept.values()))} round-trip\n")
     print(f"| generated questions | top-1 (of {n_in}) | in-scope acc / OOS recall, thresholds calibrated on the set "
